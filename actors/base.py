@@ -1,0 +1,54 @@
+"""The actors' common base: dispatch by message class name, and the root's relay unwrapped."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, ClassVar
+
+from thespian.actors import Actor
+
+from actors.messages.control import Relay
+
+
+class AeyonActor(Actor):
+    """Calls ``receiveMsg_<ClassName>(message, sender)`` for the message's class or its nearest base class.
+
+    Like Thespian's ``ActorTypeDispatcher``, but the handler is looked up once per message class rather than by
+    walking both class hierarchies on every message (this runs on the per-request path). Unknown messages are
+    dropped with a debug line; unexpected exceptions propagate so Thespian's retry and supervision handle them.
+    """
+
+    _handlers: ClassVar[dict[type, str | None]]
+
+    def __init_subclass__(cls, **kwargs: Any):
+        super().__init_subclass__(**kwargs)
+        cls._handlers = {}
+
+    def receiveMessage(self, message: Any, sender: Any) -> Any:
+        kind = type(message)
+        try:
+            name = self._handlers[kind]
+        except KeyError:
+            name = None
+            for klass in kind.__mro__:
+                candidate = "receiveMsg_" + klass.__name__
+                if hasattr(self, candidate):
+                    name = candidate
+                    break
+            self._handlers[kind] = name
+        if name is None:
+            return self.receiveUnhandled(message, sender)
+        return getattr(self, name)(message, sender)
+
+    def receiveUnhandled(self, message: Any, sender: Any) -> Any:
+        """Drop a message nobody handles (a late reply, an unknown system message)."""
+        self.log.debug("dropped %s from %s", type(message).__name__, sender)
+        return None
+
+    def receiveMsg_Relay(self, message: Relay, sender: Any) -> Any:
+        return self.receiveMessage(message.inner, message.reply_to)
+
+    @property
+    def log(self) -> logging.Logger:
+        """This actor's logger (records travel to Thespian's logging process)."""
+        return logging.getLogger("aeyon." + type(self).__name__)

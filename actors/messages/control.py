@@ -1,0 +1,273 @@
+"""Control-plane messages: start-up and wiring, the service registry, routes, readiness and shutdown.
+
+Control actors own state and push it to the actors that need it (route tables to entries, readiness to entries,
+supervisors to the health monitor), so the per-request path never waits on them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+
+
+@attrs.frozen
+class Start:
+    """Sent by ``aeyon serve`` to the root: build the tree for these settings (a ``system.config.Settings``)."""
+
+    request_id: str
+    settings: Any
+
+
+@attrs.frozen
+class Started:
+    """The tree is up and the HTTP shim listens on ``http_host``:``http_port``."""
+
+    request_id: str
+    http_host: str
+    http_port: int
+
+
+@attrs.frozen
+class StartFailed:
+    """The tree could not be built; ``reason`` is one line for the operator."""
+
+    request_id: str
+    reason: str
+
+
+@attrs.frozen
+class Peers:
+    """The addresses of the control actors, handed to every actor the root creates."""
+
+    orchestrator: Any
+    event_bus: Any
+    discovery: Any
+    router: Any
+    rate_limiter: Any
+    health_monitor: Any
+
+
+@attrs.frozen
+class Configure:
+    """Root -> child: your settings and peers; sent again whenever a peer is replaced."""
+
+    settings: Any
+    peers: Peers
+
+
+@attrs.frozen
+class ServiceSpec:
+    """A registered guard: its name (what callers put in ``service``), type, base URL and metadata.
+
+    ``source`` says where it came from: "env", "embedded" or "api".
+    """
+
+    name: str
+    service_type: str
+    url: str
+    metadata: dict[str, Any] = attrs.field(factory=dict)
+    source: str = "api"
+
+
+@attrs.frozen
+class SupervisedService:
+    """A registered guard and the address of the supervisor that owns it."""
+
+    spec: ServiceSpec
+    supervisor: Any
+
+
+@attrs.frozen
+class Topology:
+    """Root -> Router and HealthMonitor: the current supervisors and entries."""
+
+    services: tuple[SupervisedService, ...]
+    entries: tuple[Any, ...]
+
+
+@attrs.frozen
+class ConfigureGuard:
+    """Root -> guard supervisor: the guard you own (sent at creation and when its registration changes)."""
+
+    spec: ServiceSpec
+    settings: Any
+    peers: Peers
+
+
+@attrs.frozen
+class RegisterService:
+    """Add a guard to the registry; answered with ``ServiceRegistered`` or ``Refused``."""
+
+    request_id: str
+    name: str
+    service_type: str
+    url: str
+    metadata: dict[str, Any] = attrs.field(factory=dict)
+
+
+@attrs.frozen
+class ServiceRegistered:
+    """The guard is in the registry."""
+
+    request_id: str
+    spec: ServiceSpec
+
+
+@attrs.frozen
+class UnregisterService:
+    """Remove a guard from the registry; answered with ``ServiceUnregistered`` or ``Refused``."""
+
+    request_id: str
+    name: str
+
+
+@attrs.frozen
+class ServiceUnregistered:
+    """The guard is gone from the registry."""
+
+    request_id: str
+    name: str
+
+
+@attrs.frozen
+class Refused:
+    """A control request that was not carried out: ``code`` is one of the contract's error codes."""
+
+    request_id: str
+    code: str
+    message: str
+
+
+@attrs.frozen
+class RegistryChanged:
+    """Discovery -> root: the whole registry after a change."""
+
+    specs: tuple[ServiceSpec, ...]
+
+
+@attrs.frozen
+class RoutesChanged:
+    """Router -> entries: the whole route table; ``version`` grows with every change."""
+
+    version: int
+    routes: tuple[Any, ...]
+
+
+@attrs.frozen
+class HealthReport:
+    """Guard supervisor -> root: the guard's health state after a check (``first`` for its first check)."""
+
+    service: str
+    state: str
+    first: bool
+
+
+@attrs.frozen
+class Readiness:
+    """Root -> entries: whether ``GET /ready`` answers 200."""
+
+    ready: bool
+    draining: bool = False
+
+
+@attrs.frozen
+class ListServices:
+    """Ask for every registered guard with its live state; answered with ``ServiceList``."""
+
+    request_id: str
+
+
+@attrs.frozen
+class ServiceList:
+    """Registered guards as JSON-ready dicts (the ``services`` list of ``GET /v1/services``)."""
+
+    request_id: str
+    services: tuple[dict[str, Any], ...]
+
+
+@attrs.frozen
+class DescribeService:
+    """Entry -> guard supervisor: your live state, please; answered with ``ServiceDescription``."""
+
+    request_id: str
+
+
+@attrs.frozen
+class ServiceDescription:
+    """A guard supervisor's live state: health, circuit, in_flight, queue and counters."""
+
+    request_id: str
+    service: str
+    state: dict[str, Any]
+
+
+@attrs.frozen
+class DescribeEntry:
+    """Ask the root which actors take ``Orchestrate`` directly; answered with ``EntryDescribed``."""
+
+    request_id: str
+
+
+@attrs.frozen
+class EntryDescribed:
+    """The entries (HTTP shims) that accept ``Orchestrate`` without the root's relay."""
+
+    request_id: str
+    entries: tuple[Any, ...]
+
+
+@attrs.frozen
+class Relay:
+    """A request passed on by the root: the receiver handles ``inner`` as if ``reply_to`` had sent it."""
+
+    inner: Any
+    reply_to: Any
+
+
+@attrs.frozen
+class StopOrchestrator:
+    """Ask the orchestrator to stop (``aeyon stop``); the process that runs ``aeyon serve`` shuts it down."""
+
+    request_id: str
+
+
+@attrs.frozen
+class WatchShutdown:
+    """Sent by the ``aeyon serve`` process: tell me (``ShutdownRequested``) when someone asks to stop."""
+
+    request_id: str
+
+
+@attrs.frozen
+class ShutdownRequested:
+    """Root -> the ``aeyon serve`` process: stop the actor system now."""
+
+    request_id: str
+    reason: str
+
+
+@attrs.frozen
+class ShimListening:
+    """HTTP shim -> root: bound and listening (or ``error`` if the port could not be bound)."""
+
+    host: str
+    port: int
+    error: str | None = None
+
+
+@attrs.frozen
+class RestoreRegistry:
+    """Root -> a replacement Discovery: the registry as it was before the old one died."""
+
+    specs: tuple[ServiceSpec, ...]
+    peers: Peers
+
+
+@attrs.frozen
+class StopAccepted:
+    """Reply to ``StopOrchestrator``: ``watched`` when the ``aeyon serve`` process was told to stop the system;
+    otherwise nobody is watching and the caller must shut the actor system down itself."""
+
+    request_id: str
+    watched: bool

@@ -1,0 +1,109 @@
+"""Messages on the per-request path: entry -> guard supervisor -> worker -> entry.
+
+Requests travel in batches. An entry sends a ``CallBatch`` to a supervisor and holds later requests for that
+supervisor until the batch is acknowledged with ``CallAccepted`` (the credit); under load the held requests form
+the next, larger batch by themselves. Workers answer entries directly (``RepliesBatch``) and report to their
+supervisor what happened (``WorkDone``), so the reply path crosses one actor less.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+
+
+@attrs.frozen
+class Route:
+    """Where requests for one registered service go: its supervisor and the guard endpoint it calls."""
+
+    service: str
+    service_type: str
+    url: str
+    endpoint: str
+    transform: str
+    supervisor: Any
+    metadata: dict[str, Any] = attrs.field(factory=dict)
+    source: str = "api"
+
+
+@attrs.frozen
+class CallGuard:
+    """One guard call: POST ``body`` to ``endpoint`` before ``expires_at`` (wall clock, seconds).
+
+    ``key`` is the entry's own correlation number (request ids are the caller's and need not be unique);
+    ``reply_to`` is the entry that answers the caller.
+    """
+
+    key: int
+    request_id: str
+    endpoint: str
+    body: bytes
+    expires_at: float
+    reply_to: Any
+
+
+@attrs.frozen
+class CallBatch:
+    """Calls for one supervisor, sent while no earlier batch from this entry is unacknowledged."""
+
+    batch_id: int
+    service: str
+    calls: tuple[CallGuard, ...]
+
+
+@attrs.frozen
+class GuardReplied:
+    """How one call ended. ``outcome`` is "success" or an error code of the contract.
+
+    ``status`` is the guard's HTTP status (0 when it never answered); ``body`` is its raw JSON answer, kept as
+    bytes so the HTTP entry can place it in its response without decoding and encoding it again.
+    """
+
+    key: int
+    request_id: str
+    outcome: str
+    status: int = 0
+    body: bytes = b""
+    message: str = ""
+    retry_after: int | None = None
+
+
+@attrs.frozen
+class CallAccepted:
+    """The credit for a ``CallBatch``; carries the calls the supervisor answered at once (breaker open, ...)."""
+
+    batch_id: int
+    service: str
+    replies: tuple[GuardReplied, ...] = ()
+
+
+@attrs.frozen
+class RepliesBatch:
+    """Replies for one entry, from a worker (or from a supervisor answering for a worker that died)."""
+
+    replies: tuple[GuardReplied, ...]
+
+
+@attrs.frozen
+class WorkBatch:
+    """Calls a supervisor hands to one idle worker, made one after another."""
+
+    batch_id: int
+    calls: tuple[CallGuard, ...]
+
+
+@attrs.frozen
+class CallRecord:
+    """What the breaker needs to know of one finished call."""
+
+    outcome: str
+    duration_s: float
+
+
+@attrs.frozen
+class WorkDone:
+    """A worker finished a ``WorkBatch`` and is idle again."""
+
+    batch_id: int
+    records: tuple[CallRecord, ...]

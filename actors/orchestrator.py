@@ -1,0 +1,299 @@
+"""Orchestrator: the root actor (globalName ``aeyon-orchestrator``). Builds the tree, supervises every actor in
+it, keeps the registry's latest copy, decides readiness, and relays requests that arrive at the root to the actor
+that serves them.
+
+Tree::
+
+    Orchestrator
+    ├─ EventBus, Discovery, Router, RateLimiter, HealthMonitor (─ HealthWorker x <=10)   control plane
+    ├─ HttpShim x k                                                                      data plane: entries
+    └─ GuardSupervisor x guards (─ GuardWorker x <=n)                                   data plane: calls
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+from thespian.actors import ActorExitRequest, ChildActorExited, WakeupMessage
+
+from actors.base import AeyonActor
+from actors.discovery import Discovery
+from actors.event_bus import EventBus
+from actors.guard_supervisor import GuardSupervisor
+from actors.health_monitor import HealthMonitor
+from actors.http_shim import HttpShim
+from actors.messages import (
+    DescribeEntry,
+    EntryDescribed,
+    ListServices,
+    Orchestrate,
+    OrchestrationResult,
+    RegisterService,
+    RegistryChanged,
+    ServiceList,
+    ShutdownRequested,
+    Start,
+    Started,
+    StartFailed,
+    StopOrchestrator,
+    UnregisterService,
+    WatchShutdown,
+)
+from actors.messages.control import (
+    Configure,
+    ConfigureGuard,
+    HealthReport,
+    Peers,
+    Readiness,
+    Relay,
+    RestoreRegistry,
+    ServiceSpec,
+    ShimListening,
+    StopAccepted,
+    SupervisedService,
+    Topology,
+)
+from actors.rate_limiter import RateLimiter
+from actors.router import Router
+from system.restart import RestartIntensity
+
+START_TIMEOUT_S = 15.0
+
+CONTROL_ACTORS: dict[str, type] = {
+    "event_bus": EventBus,
+    "discovery": Discovery,
+    "router": Router,
+    "rate_limiter": RateLimiter,
+    "health_monitor": HealthMonitor,
+}
+
+
+class _Shim:
+    __slots__ = ("address", "listening")
+
+    def __init__(self, address: Any):
+        self.address = address
+        self.listening = False
+
+
+class _Guard:
+    __slots__ = ("address", "spec")
+
+    def __init__(self, spec: ServiceSpec, address: Any):
+        self.spec = spec
+        self.address = address
+
+
+class Orchestrator(AeyonActor):
+    """See the module docstring."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.settings: Any = None
+        self.starter: tuple[Any, str] | None = None
+        self.started = False
+        self.control: dict[str, Any] = {}
+        self.shims: list[_Shim] = []
+        self.guards: dict[str, _Guard] = {}
+        self.registry: tuple[ServiceSpec, ...] = ()
+        self.configured: set[str] = set()
+        self.checked: set[str] = set()
+        self.initialized = False
+        self.watcher: Any = None
+        self.http_address: tuple[str, int] | None = None
+        self.exiting = False
+        self.intensity = RestartIntensity()
+        self.restarts = 0
+        self._round_robin = itertools.count()
+
+    # -- start -------------------------------------------------------------------------------------------------
+
+    def receiveMsg_Start(self, message: Start, sender: Any) -> None:
+        if self.settings is not None:
+            if self.started and self.http_address is not None:
+                self.send(sender, Started(message.request_id, *self.http_address))
+            else:
+                self.send(sender, StartFailed(message.request_id, "the orchestrator is already starting"))
+            return
+        self.settings = message.settings
+        self.starter = (sender, message.request_id)
+        self.configured = set(self.settings.guard_urls)
+        self.initialized = self.settings.disable_health_checks or not self.configured
+        for role, cls in CONTROL_ACTORS.items():
+            self.control[role] = self.createActor(cls)
+        peers = self.peers()
+        for address in self.control.values():
+            self.send(address, Configure(self.settings, peers))
+        for _ in range(self.settings.shims):
+            shim = _Shim(self.createActor(HttpShim))
+            self.shims.append(shim)
+            self.send(shim.address, Configure(self.settings, peers))
+        self.wakeupAfter(START_TIMEOUT_S, payload="start-timeout")
+
+    def peers(self) -> Peers:
+        """The control actors' current addresses."""
+        return Peers(self.myAddress, **self.control)
+
+    def receiveMsg_ShimListening(self, message: ShimListening, sender: Any) -> None:
+        shim = next((s for s in self.shims if s.address == sender), None)
+        if shim is None:
+            return
+        if message.error:
+            self.log.error("%s", message.error)
+            if not self.started and self.starter is not None:
+                self.send(self.starter[0], StartFailed(self.starter[1], message.error))
+                self.starter = None
+            return
+        shim.address = sender  # the address the shim itself reports; the one createActor gave is provisional
+        shim.listening = True
+        self.http_address = (message.host, message.port)
+        self._push_topology()
+        self._push_readiness()
+        if not self.started and all(s.listening for s in self.shims) and self.starter is not None:
+            self.started = True
+            self.send(self.starter[0], Started(self.starter[1], message.host, message.port))
+            self.starter = None
+
+    def receiveMsg_WakeupMessage(self, message: WakeupMessage, sender: Any) -> None:
+        if message.payload == "start-timeout" and not self.started and self.starter is not None:
+            self.send(self.starter[0], StartFailed(self.starter[1], "the HTTP shim did not start in time"))
+            self.starter = None
+
+    # -- registry, supervisors, routes ---------------------------------------------------------------------------
+
+    def receiveMsg_RegistryChanged(self, message: RegistryChanged, sender: Any) -> None:
+        self.registry = message.specs
+        wanted = {spec.name: spec for spec in message.specs}
+        for name in list(self.guards):
+            if name not in wanted:
+                self.send(self.guards.pop(name).address, ActorExitRequest())
+        for name, spec in wanted.items():
+            guard = self.guards.get(name)
+            if guard is None:
+                guard = _Guard(spec, self.createActor(GuardSupervisor))
+                self.guards[name] = guard
+                self.send(guard.address, ConfigureGuard(spec, self.settings, self.peers()))
+            elif guard.spec != spec:
+                guard.spec = spec
+                self.send(guard.address, ConfigureGuard(spec, self.settings, self.peers()))
+        self._push_topology()
+
+    def _push_topology(self) -> None:
+        topology = Topology(
+            tuple(SupervisedService(g.spec, g.address) for _, g in sorted(self.guards.items())),
+            tuple(s.address for s in self.shims if s.listening),
+        )
+        for role in ("router", "health_monitor"):
+            self.send(self.control[role], topology)
+
+    # -- readiness ---------------------------------------------------------------------------------------------
+
+    def receiveMsg_HealthReport(self, message: HealthReport, sender: Any) -> None:
+        if message.first:
+            self.checked.add(message.service)
+        if not self.initialized and self.configured <= self.checked:
+            self.initialized = True
+            self.log.info("initialized: every configured guard has had its first health check")
+            self._push_readiness()
+
+    def _push_readiness(self) -> None:
+        readiness = Readiness(self.initialized)
+        for shim in self.shims:
+            if shim.listening:
+                self.send(shim.address, readiness)
+
+    # -- supervision -------------------------------------------------------------------------------------------
+
+    def receiveMsg_ChildActorExited(self, message: ChildActorExited, sender: Any) -> None:
+        if self.exiting:
+            return
+        child = message.childAddress
+        role = next((r for r, a in self.control.items() if a == child), None)
+        shim = next((s for s in self.shims if s.address == child), None)
+        guard = next((g for g in self.guards.values() if g.address == child), None)
+        if role is None and shim is None and guard is None:
+            return  # a supervisor we stopped on purpose
+        if not self.intensity.allow():
+            self._escalate(f"more than {self.intensity.max_restarts} restarts in {self.intensity.period_s:g} s")
+            return
+        self.restarts += 1
+        if role is not None:
+            self.log.warning("%s died; restarting it", role)
+            self.control[role] = self.createActor(CONTROL_ACTORS[role])
+            peers = self.peers()
+            if role == "discovery":
+                self.send(self.control[role], RestoreRegistry(self.registry, peers))
+            else:
+                self.send(self.control[role], Configure(self.settings, peers))
+            self._push_peers(peers, skip=self.control[role])
+            self._push_topology()
+        elif shim is not None:
+            self.log.warning("an HTTP shim died; restarting it")
+            shim.address = self.createActor(HttpShim)
+            shim.listening = False
+            self.send(shim.address, Configure(self.settings, self.peers()))
+        elif guard is not None:
+            self.log.warning("the supervisor of %s died; restarting it", guard.spec.name)
+            guard.address = self.createActor(GuardSupervisor)
+            self.send(guard.address, ConfigureGuard(guard.spec, self.settings, self.peers()))
+            self._push_topology()
+
+    def _push_peers(self, peers: Peers, skip: Any) -> None:
+        configure = Configure(self.settings, peers)
+        for address in self.control.values():
+            if address != skip:
+                self.send(address, configure)
+        for shim in self.shims:
+            self.send(shim.address, configure)
+        for guard in self.guards.values():
+            self.send(guard.address, ConfigureGuard(guard.spec, self.settings, peers))
+
+    def _escalate(self, reason: str) -> None:
+        self.log.critical("restart intensity exceeded (%s): stopping the orchestrator", reason)
+        if self.watcher is not None:
+            self.send(self.watcher, ShutdownRequested("escalation", f"restart intensity exceeded: {reason}"))
+
+    # -- requests that arrive at the root ----------------------------------------------------------------------
+
+    def _entry(self) -> Any:
+        listening = [s for s in self.shims if s.listening] or self.shims
+        return listening[next(self._round_robin) % len(listening)].address
+
+    def receiveMsg_Orchestrate(self, message: Orchestrate, sender: Any) -> None:
+        if not self.started:
+            self.send(sender, OrchestrationResult(
+                message.request_id or "", message.service, "error", error_code="service_unavailable",
+                error_message="the orchestrator is not started", http_status=503, retry_after=1))
+            return
+        self.send(self._entry(), Relay(message, sender))
+
+    def receiveMsg_ListServices(self, message: ListServices, sender: Any) -> None:
+        if not self.started:
+            self.send(sender, ServiceList(message.request_id, ()))
+            return
+        self.send(self._entry(), Relay(message, sender))
+
+    def receiveMsg_RegisterService(self, message: RegisterService, sender: Any) -> None:
+        self.send(self.control["discovery"], Relay(message, sender))
+
+    def receiveMsg_UnregisterService(self, message: UnregisterService, sender: Any) -> None:
+        self.send(self.control["discovery"], Relay(message, sender))
+
+    def receiveMsg_DescribeEntry(self, message: DescribeEntry, sender: Any) -> None:
+        self.send(sender, EntryDescribed(message.request_id, tuple(s.address for s in self.shims if s.listening)))
+
+    # -- stopping ----------------------------------------------------------------------------------------------
+
+    def receiveMsg_WatchShutdown(self, message: WatchShutdown, sender: Any) -> None:
+        self.watcher = sender
+
+    def receiveMsg_StopOrchestrator(self, message: StopOrchestrator, sender: Any) -> None:
+        if self.watcher is not None:
+            self.send(self.watcher, ShutdownRequested(message.request_id, "aeyon stop"))
+        self.send(sender, StopAccepted(message.request_id, self.watcher is not None))
+
+    def receiveMsg_ActorExitRequest(self, message: ActorExitRequest, sender: Any) -> None:
+        # Children stop with us; their exits must not be taken for failures and replaced (that would leak
+        # processes after shutdown).
+        self.exiting = True

@@ -1,0 +1,148 @@
+"""The ``aeyon`` command: serve, orchestrate, services, stop.
+
+Every subcommand exits non-zero on error with a one-line reason on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from system.errors import AeyonError, ConfigError
+
+STOP_TIMEOUT_S = 30.0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.run(args))
+    except KeyboardInterrupt:
+        return 130
+    except AeyonError as exc:
+        print(f"aeyon: {exc}", file=sys.stderr)
+        return 2 if isinstance(exc, ConfigError) else 1
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="aeyon", description="Aeyon Orchestrator")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the orchestrator (configured by environment variables)")
+    serve.set_defaults(run=_serve)
+
+    orchestrate = sub.add_parser("orchestrate", help="call one guard through the running orchestrator")
+    orchestrate.add_argument("service")
+    what = orchestrate.add_mutually_exclusive_group(required=True)
+    what.add_argument("--text", help='send {"text": TEXT}')
+    what.add_argument("--payload", help="send this JSON object")
+    orchestrate.add_argument("--request-id")
+    orchestrate.add_argument("--timeout", type=float, default=30.0)
+    _admin_port(orchestrate)
+    orchestrate.set_defaults(run=_orchestrate)
+
+    services = sub.add_parser("services", help="list the registered guards and their state")
+    services.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    _admin_port(services)
+    services.set_defaults(run=_services)
+
+    stop = sub.add_parser("stop", help="stop the running orchestrator and every process it started")
+    _admin_port(stop)
+    stop.set_defaults(run=_stop)
+    return parser
+
+
+def _admin_port(parser: argparse.ArgumentParser) -> None:
+    default = os.environ.get("AEYON_ADMIN_PORT", "1900")
+    parser.add_argument("--admin-port", type=int, default=int(default) if default.isdigit() else 1900,
+                        help="the actor system's admin port (default: $AEYON_ADMIN_PORT or 1900)")
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from system.config import Settings
+    from system.logs import configure
+    from system.serve import serve
+
+    settings = Settings.from_env(os.environ)
+    configure(settings.log_level, settings.log_format)
+    return serve(settings)
+
+
+def _orchestrate(args: argparse.Namespace) -> int:
+    from system.gateway import Gateway
+
+    if args.payload is not None:
+        try:
+            payload = json.loads(args.payload)
+        except ValueError as exc:
+            raise AeyonError(f"--payload is not JSON: {exc}") from None
+        if not isinstance(payload, dict):
+            raise AeyonError("--payload must be a JSON object")
+    else:
+        payload = {"text": args.text}
+    with Gateway.connect(admin_port=args.admin_port) as gw:
+        result = gw.orchestrate(args.service, payload, request_id=args.request_id, timeout=args.timeout)
+    out: dict[str, Any] = {"request_id": result.request_id, "service": result.service, "status": result.status}
+    if result.ok:
+        out["result"] = result.result
+        out["duration_ms"] = round(result.duration_ms, 3)
+        print(json.dumps(out, indent=2))
+        return 0
+    out["error"] = {"code": result.error_code, "message": result.error_message}
+    if result.error_detail is not None:
+        out["error"]["detail"] = result.error_detail
+    print(json.dumps(out, indent=2))
+    print(f"aeyon: {result.error_code}: {result.error_message}", file=sys.stderr)
+    return 1
+
+
+def _services(args: argparse.Namespace) -> int:
+    from system.gateway import Gateway
+
+    with Gateway.connect(admin_port=args.admin_port) as gw:
+        services = gw.services()
+    if args.json:
+        print(json.dumps({"services": services}, indent=2))
+        return 0
+    print(format_table(services, ("name", "service_type", "url", "health", "circuit", "in_flight")))
+    return 0
+
+
+def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
+    """A plain-text table with a header line."""
+    cells = [[str(c).upper() for c in columns]] + [[str(row.get(c, "")) for c in columns] for row in rows]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(columns))]
+    return "\n".join("  ".join(v.ljust(w) for v, w in zip(line, widths, strict=True)).rstrip() for line in cells)
+
+
+def _stop(args: argparse.Namespace) -> int:
+    from system.actor_system import admin_listening
+    from system.gateway import Gateway
+
+    gw = Gateway.connect(admin_port=args.admin_port)
+    try:
+        watched = gw.stop()
+        if not watched:
+            # Nobody runs `aeyon serve` for this system any more: stop it from here.
+            gw.shutdown_system()
+    finally:
+        gw.close()
+    deadline = time.monotonic() + STOP_TIMEOUT_S
+    while admin_listening(args.admin_port, timeout=0.2):
+        if time.monotonic() > deadline:
+            raise AeyonError(f"the orchestrator on admin port {args.admin_port} did not stop within "
+                             f"{STOP_TIMEOUT_S:g} s")
+        time.sleep(0.1)
+    print(f"stopped the orchestrator on admin port {args.admin_port}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,205 @@
+"""Settings read once from the environment (the contract's variable names) and refused whole when wrong."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import attrs
+
+from system.errors import ConfigError
+from system.routing import SERVICE_TYPES
+
+T = TypeVar("T")
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off", ""})
+
+
+@attrs.frozen
+class Settings:
+    """Everything the orchestrator is configured with; build it with ``Settings.from_env()``."""
+
+    guard_urls: dict[str, str] = attrs.field(factory=dict)
+    disable_health_checks: bool = False
+    guardian_zero_url: str | None = None
+    guardian_zero_enabled: bool = False
+    allowed_ips: tuple[Network, ...] = ()
+    secret_key: str | None = None
+    max_requests_per_minute: int = 100
+    host: str = "127.0.0.1"
+    port: int = 8000
+    admin_port: int = 1900
+    admin_token: str | None = None
+    trusted_proxies: tuple[Network, ...] = ()
+    workers_per_guard: int = 10
+    max_in_flight: int = 100
+    queue_per_guard: int = 100
+    health_interval_s: float = 30.0
+    health_timeout_s: float = 5.0
+    shims: int = 1
+    log_format: str = "text"
+    log_level: str = "INFO"
+    embedded: bool = False
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> Settings:
+        """Read the settings from ``environ``; raise ``ConfigError`` naming the first bad variable."""
+        env = _Env(environ)
+        guard_urls = {}
+        for service_type, info in SERVICE_TYPES.items():
+            url = env.get(info.env_var, _guard_url, None)
+            if url:
+                guard_urls[service_type] = url
+        return cls(
+            guard_urls=guard_urls,
+            disable_health_checks=env.get("DISABLE_HEALTH_CHECKS", _boolean, False),
+            guardian_zero_url=env.get("GUARDIAN_ZERO_URL", _guard_url, None),
+            guardian_zero_enabled=env.get("GUARDIAN_ZERO_ENABLED", _boolean, False),
+            allowed_ips=env.get("SECURITY_ALLOWED_IPS", _networks, ()),
+            secret_key=env.get("SECURITY_SECRET_KEY", _secret, None),
+            max_requests_per_minute=env.get("SECURITY_MAX_REQUESTS_PER_MINUTE", _int_range(1, 10_000_000), 100),
+            host=env.get("AEYON_HOST", _host, "127.0.0.1"),
+            port=env.get("AEYON_PORT", _int_range(0, 65535), 8000),
+            admin_port=env.get("AEYON_ADMIN_PORT", _int_range(1, 65535), 1900),
+            admin_token=env.get("AEYON_ADMIN_TOKEN", _secret, None),
+            trusted_proxies=env.get("AEYON_TRUSTED_PROXIES", _networks, ()),
+            workers_per_guard=env.get("AEYON_WORKERS_PER_GUARD", _int_range(1, 256), 10),
+            max_in_flight=env.get("AEYON_MAX_IN_FLIGHT", _int_range(1, 100_000), 100),
+            queue_per_guard=env.get("AEYON_QUEUE_PER_GUARD", _int_range(1, 100_000), 100),
+            health_interval_s=env.get("AEYON_HEALTH_INTERVAL", _seconds(0.05, 86_400), 30.0),
+            health_timeout_s=env.get("AEYON_HEALTH_TIMEOUT", _seconds(0.05, 300), 5.0),
+            shims=env.get("AEYON_SHIMS", _int_range(1, 64), 1),
+            log_format=env.get("AEYON_LOG_FORMAT", _choice("text", "json"), "text"),
+            log_level=env.get("AEYON_LOG_LEVEL", _choice("DEBUG", "INFO", "WARNING", "ERROR"), "INFO"),
+        )
+
+    def with_guard_urls(self, urls: Mapping[str, str], *, embedded: bool) -> Settings:
+        """A copy routing to ``urls`` (used when ``aeyon serve`` starts the reference guards)."""
+        return attrs.evolve(self, guard_urls=dict(urls), embedded=embedded)
+
+
+class _Env:
+    """Reads one variable at a time and names it in the error when its value is wrong."""
+
+    def __init__(self, environ: Mapping[str, str]):
+        self._environ = environ
+
+    def get(self, name: str, parse: Callable[[str], T], default: T) -> T:
+        raw = self._environ.get(name)
+        if raw is None or raw.strip() == "":
+            return default
+        try:
+            return parse(raw.strip())
+        except ValueError as exc:
+            raise ConfigError(f"{name}: {exc} (got {raw!r})") from None
+
+
+def _boolean(raw: str) -> bool:
+    value = raw.lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ValueError("must be true or false")
+
+
+def _int_range(low: int, high: int) -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ValueError(f"must be an integer from {low} to {high}") from None
+        if not low <= value <= high:
+            raise ValueError(f"must be an integer from {low} to {high}")
+        return value
+
+    return parse
+
+
+def _seconds(low: float, high: float) -> Callable[[str], float]:
+    def parse(raw: str) -> float:
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ValueError(f"must be a number of seconds from {low} to {high}") from None
+        if not low <= value <= high:
+            raise ValueError(f"must be a number of seconds from {low} to {high}")
+        return value
+
+    return parse
+
+
+def _choice(*choices: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        for choice in choices:
+            if raw.lower() == choice.lower():
+                return choice
+        raise ValueError("must be one of " + ", ".join(choices))
+
+    return parse
+
+
+def _networks(raw: str) -> tuple[Network, ...]:
+    networks = []
+    for part in raw.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        try:
+            networks.append(ipaddress.ip_network(part, strict=False))
+        except ValueError:
+            raise ValueError(f"{part!r} is not a CIDR such as 10.0.0.0/8 or ::1/128") from None
+    return tuple(networks)
+
+
+def _guard_url(raw: str) -> str:
+    check_guard_url(raw)
+    return raw.rstrip("/")
+
+
+def check_guard_url(url: str) -> None:
+    """Refuse a guard URL that is not plain http(s) with a host, or that carries credentials."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https"):
+        raise ValueError("must be an http:// or https:// URL")
+    if not parts.hostname:
+        raise ValueError("must name a host")
+    if parts.username or parts.password:
+        raise ValueError("must not carry credentials")
+    if parts.query or parts.fragment:
+        raise ValueError("must not have a query or fragment")
+    try:
+        parts.port  # noqa: B018 - parsing the port is the check
+    except ValueError:
+        raise ValueError("has an invalid port") from None
+
+
+def _host(raw: str) -> str:
+    if raw == "localhost":
+        return "127.0.0.1"
+    try:
+        return str(ipaddress.ip_address(raw))
+    except ValueError:
+        raise ValueError("must be an IP address to listen on, such as 127.0.0.1 or 0.0.0.0") from None
+
+
+def _secret(raw: str) -> str:
+    # Any non-empty value is accepted: refusing short keys at start would break deployments that work today.
+    # README.rst recommends 32 random bytes.
+    return raw
+
+
+def describe(settings: Settings) -> dict[str, Any]:
+    """The settings as a JSON-ready dict with secrets masked (for logs and inspection)."""
+    out = attrs.asdict(settings, recurse=False)
+    for key in ("secret_key", "admin_token"):
+        if out[key]:
+            out[key] = "***"
+    out["allowed_ips"] = [str(n) for n in settings.allowed_ips]
+    out["trusted_proxies"] = [str(n) for n in settings.trusted_proxies]
+    return out

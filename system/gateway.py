@@ -1,0 +1,189 @@
+"""The Python gateway: call guards through a running orchestrator from any Python process.
+
+::
+
+    from system.gateway import Gateway
+    with Gateway.connect(admin_port=1900) as gw:
+        res = gw.orchestrate("tokenguard", {"text": "..."}, request_id="req-1", timeout=30)
+        res.status, res.result, res.error_code, res.duration_ms
+
+Safe to use from many threads: each thread gets its own endpoint (Thespian's ``private()`` context), since
+replies to a shared endpoint would reach whichever thread happens to be listening.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import threading
+import time
+from types import TracebackType
+from typing import Any
+
+from actors.messages import (
+    DescribeEntry,
+    EntryDescribed,
+    ListServices,
+    Orchestrate,
+    OrchestrationResult,
+    RegisterService,
+    ServiceList,
+    ServiceRegistered,
+    ServiceUnregistered,
+    StopOrchestrator,
+    UnregisterService,
+)
+from actors.messages.control import Refused, StopAccepted
+from system.actor_system import join_system, leave_system, root_address
+from system.errors import ERROR_STATUS, GatewayError
+from system.validation import DEFAULT_TIMEOUT_S, new_request_id
+
+# Time allowed past the request's own timeout for its answer to travel back.
+REPLY_GRACE_S = 2.0
+CONTROL_TIMEOUT_S = 10.0
+
+
+class Gateway:
+    """A connection to a running orchestrator; see the module docstring."""
+
+    def __init__(self, asys: Any, root: Any, entries: tuple[Any, ...]):
+        self._asys = asys
+        self._root = root
+        self._entries = entries
+        self._local = threading.local()
+        self._contexts: list[Any] = []
+        self._contexts_lock = threading.Lock()
+        self._spread = itertools.count()
+        self._closed = False
+
+    @classmethod
+    def connect(cls, admin_port: int = 1900, timeout: float = CONTROL_TIMEOUT_S) -> Gateway:
+        """Join the actor system on ``admin_port``; raise ``GatewayError`` when no orchestrator runs there."""
+        asys = join_system(admin_port)
+        try:
+            root = root_address(asys)
+            request_id = new_request_id()
+            reply = cls._ask_matching(asys, root, DescribeEntry(request_id), request_id, timeout)
+        except Exception:
+            leave_system(asys)
+            raise
+        entries = reply.entries if isinstance(reply, EntryDescribed) else ()
+        return cls(asys, root, entries)
+
+    def __enter__(self) -> Gateway:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Leave the actor system (the orchestrator keeps running)."""
+        if self._closed:
+            return
+        self._closed = True
+        with self._contexts_lock:
+            contexts, self._contexts = self._contexts, []
+        for manager in contexts:
+            with contextlib.suppress(Exception):
+                manager.__exit__(None, None, None)
+        leave_system(self._asys)
+
+    # -- calls -------------------------------------------------------------------------------------------------
+
+    def orchestrate(self, service: str, payload: dict[str, Any], request_id: str | None = None,
+                    timeout: float = DEFAULT_TIMEOUT_S, client_id: str | None = None) -> OrchestrationResult:
+        """Call one guard and wait for the single answer (an ``OrchestrationResult``, success or error)."""
+        request_id = request_id or new_request_id()
+        message = Orchestrate(request_id, service, payload, timeout, client_id)
+        target = self._entries[next(self._spread) % len(self._entries)] if self._entries else self._root
+        wait = (timeout if isinstance(timeout, int | float) and timeout > 0 else DEFAULT_TIMEOUT_S) + REPLY_GRACE_S
+        reply = self._ask_matching(self._context(), target, message, request_id, wait)
+        if isinstance(reply, OrchestrationResult):
+            return reply
+        if self._entries:
+            self._refresh_entries()
+        return OrchestrationResult(request_id, service, "error", error_code="upstream_timeout",
+                                   error_message="no answer from the orchestrator in time",
+                                   http_status=ERROR_STATUS["upstream_timeout"])
+
+    def services(self) -> list[dict[str, Any]]:
+        """Every registered guard with its live state (as ``GET /v1/services``)."""
+        request_id = new_request_id()
+        reply = self._control(ListServices(request_id), request_id)
+        if not isinstance(reply, ServiceList):
+            raise GatewayError("the orchestrator did not list its services")
+        return list(reply.services)
+
+    def register(self, name: str, service_type: str, url: str, metadata: dict[str, Any] | None = None,
+                 ) -> ServiceRegistered:
+        """Register a guard; raise ``GatewayError`` with the reason when refused."""
+        request_id = new_request_id()
+        reply = self._control(RegisterService(request_id, name, service_type, url, metadata or {}), request_id)
+        if isinstance(reply, ServiceRegistered):
+            return reply
+        raise GatewayError(_refusal(reply))
+
+    def unregister(self, name: str) -> ServiceUnregistered:
+        """Remove a guard; raise ``GatewayError`` when there is none by that name."""
+        request_id = new_request_id()
+        reply = self._control(UnregisterService(request_id, name), request_id)
+        if isinstance(reply, ServiceUnregistered):
+            return reply
+        raise GatewayError(_refusal(reply))
+
+    def stop(self) -> bool:
+        """Ask the orchestrator to stop; True when its ``aeyon serve`` process took the request."""
+        request_id = new_request_id()
+        reply = self._control(StopOrchestrator(request_id), request_id)
+        if not isinstance(reply, StopAccepted):
+            raise GatewayError("the orchestrator did not answer the stop request")
+        return reply.watched
+
+    def shutdown_system(self) -> None:
+        """Stop the whole actor system from here (when no ``aeyon serve`` process is left to do it)."""
+        self._asys.shutdown()
+        self._closed = True
+
+    # -- plumbing ----------------------------------------------------------------------------------------------
+
+    def _control(self, message: Any, request_id: str) -> Any:
+        return self._ask_matching(self._context(), self._root, message, request_id, CONTROL_TIMEOUT_S)
+
+    def _context(self) -> Any:
+        if self._closed:
+            raise GatewayError("the gateway is closed")
+        context = getattr(self._local, "context", None)
+        if context is None:
+            manager = self._asys.private()
+            context = manager.__enter__()
+            self._local.context = context
+            with self._contexts_lock:
+                self._contexts.append(manager)
+        return context
+
+    def _refresh_entries(self) -> None:
+        request_id = new_request_id()
+        reply = self._ask_matching(self._context(), self._root, DescribeEntry(request_id), request_id, 2.0)
+        if isinstance(reply, EntryDescribed):
+            self._entries = reply.entries
+
+    @staticmethod
+    def _ask_matching(endpoint: Any, target: Any, message: Any, request_id: str, timeout: float) -> Any:
+        """Send and wait for the reply carrying ``request_id``: any message sent to this endpoint ends a
+        ``listen``, and a late answer to an earlier request must not be taken for this one."""
+        deadline = time.monotonic() + timeout
+        endpoint.tell(target, message)
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            reply = endpoint.listen(remaining)
+            if reply is not None and getattr(reply, "request_id", None) == request_id:
+                return reply
+
+
+def _refusal(reply: Any) -> str:
+    if isinstance(reply, Refused):
+        return f"{reply.code}: {reply.message}"
+    return "no answer from the orchestrator"

@@ -1,0 +1,103 @@
+"""A guard's bulkhead: a bounded queue of calls and a bounded set of worker slots.
+
+Plain bookkeeping for the GuardSupervisor, which maps slots to worker actors. A slot is busy from the moment it
+is handed calls until its worker reports them done (or dies); calls wait in the queue only while every slot is
+busy, and the queue's bound turns a flood into ``overloaded`` answers instead of unbounded memory.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Generic, TypeVar
+
+C = TypeVar("C")
+
+
+class GuardPool(Generic[C]):
+    """Admission and assignment of calls to at most ``max_workers`` slots; see the module docstring."""
+
+    def __init__(self, max_workers: int, queue_limit: int, max_batch: int = 4):
+        self.max_workers = max_workers
+        self.queue_limit = queue_limit
+        self.max_batch = max_batch
+        self._queue: deque[C] = deque()
+        self._idle: list[int] = []
+        self._busy: dict[int, list[C]] = {}
+        self._next_slot = 0
+
+    def admit(self, call: C) -> bool:
+        """Queue a call; False when the queue is full (the caller answers ``overloaded``)."""
+        if len(self._queue) >= self.queue_limit:
+            return False
+        self._queue.append(call)
+        return True
+
+    def assignments(self) -> list[tuple[int, list[C], bool]]:
+        """Hand queued calls to free slots: (slot, calls, whether the slot is new and needs a worker).
+
+        Calls are spread over the free slots, at most ``max_batch`` to one, so a long queue is worked on by all
+        the workers at once; a new slot is opened only when no slot is free.
+        """
+        out: list[tuple[int, list[C], bool]] = []
+        while self._queue:
+            new = False
+            if self._idle:
+                slot = self._idle.pop()
+            elif self.slots < self.max_workers:
+                slot = self._next_slot
+                self._next_slot += 1
+                new = True
+            else:
+                break
+            free = len(self._idle) + 1 + (self.max_workers - self.slots - (1 if new else 0))
+            share = max(1, min(self.max_batch, -(-len(self._queue) // max(1, free))))
+            calls = [self._queue.popleft() for _ in range(min(share, len(self._queue)))]
+            self._busy[slot] = calls
+            out.append((slot, calls, new))
+        return out
+
+    def done(self, slot: int) -> list[C]:
+        """The slot's worker finished its calls; the slot is free again."""
+        calls = self._busy.pop(slot, [])
+        if slot not in self._idle:
+            self._idle.append(slot)
+        return calls
+
+    def lost(self, slot: int) -> list[C]:
+        """The slot's worker died: close the slot and return the calls it held (to be answered as failed)."""
+        calls = self._busy.pop(slot, [])
+        if slot in self._idle:
+            self._idle.remove(slot)
+        return calls
+
+    def open_slot(self, slot: int) -> None:
+        """Count an already running worker as a free slot (workers started ahead of demand)."""
+        if slot not in self._busy and slot not in self._idle:
+            self._idle.append(slot)
+            self._next_slot = max(self._next_slot, slot + 1)
+
+    def drain(self) -> list[C]:
+        """Take every queued call (the guard is going away)."""
+        calls = list(self._queue)
+        self._queue.clear()
+        return calls
+
+    @property
+    def slots(self) -> int:
+        """Slots open (busy or free)."""
+        return len(self._idle) + len(self._busy)
+
+    @property
+    def busy(self) -> int:
+        """Slots with calls."""
+        return len(self._busy)
+
+    @property
+    def queued(self) -> int:
+        """Calls waiting for a slot."""
+        return len(self._queue)
+
+    @property
+    def in_flight(self) -> int:
+        """Calls with workers now."""
+        return sum(len(calls) for calls in self._busy.values())

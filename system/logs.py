@@ -1,0 +1,55 @@
+"""Logging set-up: Thespian's logging process gets a ``logging.config`` dict (``logDefs=False`` crashes actor
+processes, shared/DESIGN.md), in a human format for the terminal or as JSON lines."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: timestamp, level, logger (the actor), message, and request_id when given."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for key in ("request_id", "service"):
+            value = getattr(record, key, None)
+            if value is not None:
+                line[key] = value
+        if record.exc_info:
+            line["exc"] = self.formatException(record.exc_info)
+        return json.dumps(line)
+
+
+def log_defs(level: str = "INFO", fmt: str = "text") -> dict[str, Any]:
+    """The logging configuration for the actor system and this process."""
+    formatter: dict[str, Any] = (
+        {"()": "system.logs.JsonFormatter"} if fmt == "json"
+        else {"format": "%(asctime)s %(levelname)-7s %(name)s: %(message)s"}
+    )
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"main": formatter},
+        # The level sits on the handler too: Thespian's logging process hands records straight to handlers,
+        # skipping the logger-level check.
+        "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "main", "stream": "ext://sys.stderr",
+                                "level": level}},
+        "root": {"handlers": ["stderr"], "level": level},
+        # Thespian's own INFO lines are about its internals; operators need its warnings only.
+        "loggers": {"Thespian": {"level": "WARNING"}},
+    }
+
+
+def configure(level: str = "INFO", fmt: str = "text") -> None:
+    """Apply the same configuration to this process (the ``aeyon`` command)."""
+    import logging.config
+
+    logging.config.dictConfig(log_defs(level, fmt))

@@ -1,0 +1,133 @@
+"""``aeyon serve``: the process that starts the actor system and the root, waits, and stops everything.
+
+It owns the lifecycle: SIGTERM or SIGINT here, ``aeyon stop`` from elsewhere, or the root escalating a restart
+storm all end in ``ActorSystem.shutdown()``, which stops every actor process, and in stopping the reference
+guards if it started them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import logging
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from types import FrameType
+
+from actors.messages import ShutdownRequested, Start, Started, StartFailed, WatchShutdown
+from system.actor_system import root_address, start_system
+from system.config import Settings
+from system.errors import AeyonError, GatewayError
+from system.validation import new_request_id
+
+START_TIMEOUT_S = 20.0
+GUARDS_START_TIMEOUT_S = 10.0
+
+log = logging.getLogger("aeyon.serve")
+
+
+class ReferenceGuardsProcess:
+    """The built-in reference guards (``python -m system.reference_guards``) in a child process of ours."""
+
+    def __init__(self, process: subprocess.Popen[bytes], urls: dict[str, str]):
+        self.process = process
+        self.urls = urls
+
+    @classmethod
+    def start(cls, host: str = "127.0.0.1") -> ReferenceGuardsProcess:
+        """Start them and wait for the line with their URLs."""
+        process = subprocess.Popen(
+            [sys.executable, "-m", "system.reference_guards", "--host", host],
+            stdout=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            preexec_fn=_die_with_parent,
+            close_fds=True,
+        )
+        assert process.stdout is not None
+        deadline = time.monotonic() + GUARDS_START_TIMEOUT_S
+        line = b""
+        while not line.endswith(b"\n"):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or process.poll() is not None:
+                process.kill()
+                process.wait()
+                raise AeyonError("the built-in reference guards did not start")
+            readable, _, _ = select.select([process.stdout], [], [], remaining)
+            if readable:
+                chunk = os.read(process.stdout.fileno(), 4096)
+                if not chunk:
+                    continue
+                line += chunk
+        process.stdout.close()
+        return cls(process, json.loads(line))
+
+    def stop(self) -> None:
+        """Stop them (SIGTERM, then SIGKILL after 5 s)."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def _die_with_parent() -> None:
+    # If `aeyon serve` is killed outright, the guards it started must not outlive it.
+    with contextlib.suppress(Exception):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def serve(settings: Settings) -> int:
+    """Run the orchestrator until told to stop; the exit status for the command."""
+    guards = None
+    if not settings.guard_urls:
+        guards = ReferenceGuardsProcess.start()
+        settings = settings.with_guard_urls(guards.urls, embedded=True)
+        log.info("no guard URL is set: started the built-in reference guards on loopback (embedded default): %s",
+                 ", ".join(f"{name}={url}" for name, url in guards.urls.items()))
+    stop_signal: list[int] = []
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop_signal.append(signum)
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    asys = None
+    try:
+        try:
+            asys = start_system(settings.admin_port, settings.log_level, settings.log_format)
+        except GatewayError as exc:
+            log.error("%s", exc)
+            return 1
+        root = root_address(asys)
+        request_id = new_request_id()
+        reply = asys.ask(root, Start(request_id, settings), START_TIMEOUT_S)
+        if isinstance(reply, StartFailed):
+            log.error("could not start: %s", reply.reason)
+            return 1
+        if not isinstance(reply, Started):
+            log.error("could not start: the root actor did not answer in %g s", START_TIMEOUT_S)
+            return 1
+        log.info("Aeyon Orchestrator listening on http://%s:%d (actor admin port %d, pid %d)",
+                 reply.http_host, reply.http_port, settings.admin_port, os.getpid())
+        asys.tell(root, WatchShutdown(request_id))
+        while not stop_signal:
+            message = asys.listen(0.25)
+            if isinstance(message, ShutdownRequested):
+                log.info("stopping: %s", message.reason)
+                return 1 if message.request_id == "escalation" else 0
+        log.info("stopping: signal %s", signal.Signals(stop_signal[0]).name)
+        return 0
+    finally:
+        if asys is not None:
+            asys.shutdown()
+        if guards is not None:
+            guards.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        log.info("stopped")
