@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import logging
+import multiprocessing
+import os
+import signal
 from typing import Any, ClassVar
 
 from thespian.actors import Actor
@@ -19,6 +24,10 @@ class AeyonActor(Actor):
     """
 
     _handlers: ClassVar[dict[type, str | None]]
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        _die_with_parent()
 
     def __init_subclass__(cls, **kwargs: Any):
         super().__init_subclass__(**kwargs)
@@ -52,3 +61,22 @@ class AeyonActor(Actor):
     def log(self) -> logging.Logger:
         """This actor's logger (records travel to Thespian's logging process)."""
         return logging.getLogger("aeyon." + type(self).__name__)
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """Have the kernel kill this actor's process when its parent's process dies.
+
+    Thespian does not stop a child whose parent is SIGKILLed, nor one still starting when its parent exits (its
+    exit request cannot reach it yet): both would live on as orphans after shutdown. Actors run in the main
+    thread of a process forked by their parent, so the parent-death signal fires exactly when the parent goes.
+    """
+    if not multiprocessing.current_process().name.startswith("Actor_"):
+        return  # not a process of its own (simpleSystemBase runs actors inside the caller's process)
+    parent = multiprocessing.parent_process()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if parent is not None and os.getppid() != parent.pid:
+        os._exit(0)  # the parent died before the signal was armed

@@ -12,6 +12,7 @@ import json
 import time
 from typing import Any
 
+import attrs
 from thespian.actors import ActorExitRequest, ThespianWatch, WakeupMessage, WatchMessage
 
 from actors.base import AeyonActor
@@ -41,6 +42,7 @@ from system.dispatch import Dispatcher, Pending
 from system.envelope import error_body, error_status, json_body, response_headers, success_body
 from system.errors import RequestError
 from system.http_server import HttpLimits, HttpRequest, HttpServer
+from system.ops import CONTROL_TIMEOUT_S, LISTING_TIMEOUT_S, Op, OpsTable, registry_answer, services_view
 from system.validation import (
     new_request_id,
     parse_json_object,
@@ -50,22 +52,6 @@ from system.validation import (
 )
 
 SWEEP_INTERVAL_S = 1.0
-DESCRIBE_TIMEOUT_S = 1.0
-CONTROL_TIMEOUT_S = 5.0
-
-
-class _Op:
-    """An ops request waiting for control actors: who asked, until when, and what has come back."""
-
-    __slots__ = ("deadline", "kind", "origin", "replies", "request_id", "waiting")
-
-    def __init__(self, kind: str, origin: Any, request_id: str, deadline: float, waiting: set[str]):
-        self.kind = kind
-        self.origin = origin
-        self.request_id = request_id
-        self.deadline = deadline
-        self.waiting = waiting
-        self.replies: dict[str, Any] = {}
 
 
 class HttpShim(AeyonActor):
@@ -82,12 +68,11 @@ class HttpShim(AeyonActor):
         self.routes_version = -1
         self.interest: frozenset[str] = frozenset()
         self.events: list[Event] = []
-        self.ops: dict[str, _Op] = {}
+        self.ops = OpsTable()
         self.described: dict[str, dict[str, Any]] = {}
         self.timer_at: float | None = None
         self.next_sweep = 0.0
         self.counters = {"requests": 0, "answered": 0, "timeouts": 0, "errors": 0, "batches": 0, "batched_calls": 0}
-        self._next_op = 1
 
     # -- the actor's loop --------------------------------------------------------------------------------------
 
@@ -165,10 +150,8 @@ class HttpShim(AeyonActor):
         if now >= self.next_sweep and self.server is not None:
             self.server.expire()
             self.next_sweep = now + SWEEP_INTERVAL_S
-        for key, op in list(self.ops.items()):
-            if op.deadline <= now:
-                del self.ops[key]
-                self._finish_op(op, timed_out=True)
+        for op in self.ops.expired():
+            self._finish_op(op)
 
     def _arm_timer(self) -> None:
         if self.server is None or self.dispatcher is None:
@@ -177,8 +160,9 @@ class HttpShim(AeyonActor):
         deadline = self.dispatcher.next_deadline()
         if deadline is not None:
             due = min(due, deadline)
-        for op in self.ops.values():
-            due = min(due, op.deadline)
+        ops_due = self.ops.next_deadline()
+        if ops_due is not None:
+            due = min(due, ops_due)
         # Timers cannot be cancelled: arm one only when it is earlier than the one pending (stale ones are ignored).
         if self.timer_at is None or due < self.timer_at:
             self.timer_at = due
@@ -190,8 +174,13 @@ class HttpShim(AeyonActor):
         if self.dispatcher is None or message.version <= self.routes_version:
             return
         self.routes_version = message.version
-        for pending in self.dispatcher.set_routes(message.routes):
+        removed, moved = self.dispatcher.set_routes(message.routes)
+        for pending in removed:
+            self._answer_error(pending, "service_unavailable", f"{pending.service} was unregistered", retry_after=1)
+        for pending in moved:
             self._answer_error(pending, "upstream_error", f"{pending.service}: its supervisor was replaced")
+        for op in self.ops.routes_changed(self.dispatcher.routes):
+            self._finish_op(op)
 
     def receiveMsg_Readiness(self, message: Readiness, sender: Any) -> None:
         self.ready = message.ready
@@ -341,6 +330,8 @@ class HttpShim(AeyonActor):
                       error_body(request_id, None, code, message))
         return True
 
+    # -- ops requests that wait on other actors ----------------------------------------------------------------
+
     def _register_http(self, request: HttpRequest, request_id: str) -> None:
         if self._admin_refused(request, request_id):
             return
@@ -348,115 +339,79 @@ class HttpShim(AeyonActor):
             body = parse_json_object(request.body, request_id=request_id)
         except RequestError as exc:
             return self._http_error(request.conn_id, exc, request_id)
-        message = RegisterService(self._op_id(), body.get("name"), body.get("service_type"),  # type: ignore[arg-type]
-                                  body.get("url"), body.get("metadata"))  # type: ignore[arg-type]
-        self._start_op("register", request.conn_id, request_id, message.request_id, {"discovery"})
-        self.send(self.peers.discovery, message)
+        self._register(request.conn_id, request_id, body.get("name"), body.get("service_type"), body.get("url"),
+                       body.get("metadata"))
+
+    def receiveMsg_RegisterService(self, message: RegisterService, sender: Any) -> None:
+        self._register(sender, message.request_id, message.name, message.service_type, message.url,
+                       message.metadata)
+
+    def _register(self, origin: Any, request_id: str, *fields: Any) -> None:
+        op = self.ops.start("register", origin, request_id, {"discovery"}, CONTROL_TIMEOUT_S)
+        self.send(self.peers.discovery, RegisterService(op.key, *fields))
 
     def _unregister_http(self, request: HttpRequest, request_id: str, name: str) -> None:
         if self._admin_refused(request, request_id):
             return
-        message = UnregisterService(self._op_id(), name)
-        self._start_op("unregister", request.conn_id, request_id, message.request_id, {"discovery"})
-        self.send(self.peers.discovery, message)
+        self._unregister(request.conn_id, request_id, name)
 
-    # -- ops requests that wait on other actors ----------------------------------------------------------------
+    def receiveMsg_UnregisterService(self, message: UnregisterService, sender: Any) -> None:
+        self._unregister(sender, message.request_id, message.name)
 
-    def _op_id(self) -> str:
-        key = f"op-{self._next_op}"
-        self._next_op += 1
-        return key
-
-    def _start_op(self, kind: str, origin: Any, request_id: str, key: str, waiting: set[str],
-                  timeout: float = CONTROL_TIMEOUT_S) -> _Op:
-        op = _Op(kind, origin, request_id, time.monotonic() + timeout, waiting)
-        self.ops[key] = op
-        return op
+    def _unregister(self, origin: Any, request_id: str, name: str) -> None:
+        op = self.ops.start("unregister", origin, request_id, {"discovery"}, CONTROL_TIMEOUT_S)
+        self.send(self.peers.discovery, UnregisterService(op.key, name))
 
     def _list_services(self, origin: Any, request_id: str) -> None:
         assert self.dispatcher is not None
-        key = self._op_id()
         routes = self.dispatcher.routes
-        op = self._start_op("services", origin, request_id, key, set(routes), DESCRIBE_TIMEOUT_S)
+        op = self.ops.start("services", origin, request_id, routes, LISTING_TIMEOUT_S)
         for name, route in routes.items():
-            self.send(route.supervisor, DescribeService(f"{key}/{name}"))
-        if not op.waiting:
-            del self.ops[key]
+            self.send(route.supervisor, DescribeService(f"{op.key}/{name}"))
+        if not routes:
+            self.ops.complete_now(op)
             self._finish_op(op)
 
     def receiveMsg_ListServices(self, message: ListServices, sender: Any) -> None:
         self._list_services(sender, message.request_id)
 
     def receiveMsg_ServiceDescription(self, message: ServiceDescription, sender: Any) -> None:
+        assert self.dispatcher is not None
         key, _, name = message.request_id.partition("/")
         self.described[message.service] = message.state
-        op = self.ops.get(key)
-        if op is None:
-            return
-        op.replies[name] = message.state
-        op.waiting.discard(name)
-        if not op.waiting:
-            del self.ops[key]
-            self._finish_op(op)
+        self._part(key, name, message.state)
 
     def receiveMsg_ServiceRegistered(self, message: ServiceRegistered, sender: Any) -> None:
-        self._control_reply(message.request_id, message)
+        self._part(message.request_id, "discovery", message)
 
     def receiveMsg_ServiceUnregistered(self, message: ServiceUnregistered, sender: Any) -> None:
-        self._control_reply(message.request_id, message)
+        self._part(message.request_id, "discovery", message)
 
     def receiveMsg_Refused(self, message: Refused, sender: Any) -> None:
-        self._control_reply(message.request_id, message)
+        self._part(message.request_id, "discovery", message)
 
-    def _control_reply(self, key: str, reply: Any) -> None:
-        op = self.ops.pop(key, None)
+    def _part(self, key: str, part: str, value: Any) -> None:
+        assert self.dispatcher is not None
+        op = self.ops.reply(key, part, value, self.dispatcher.routes)
         if op is not None:
-            op.replies["discovery"] = reply
             self._finish_op(op)
 
-    def _finish_op(self, op: _Op, timed_out: bool = False) -> None:
+    def _finish_op(self, op: Op) -> None:
+        assert self.dispatcher is not None
         if op.kind == "services":
-            services = self._services_view(op.replies)
+            services = services_view(self.dispatcher.routes, op.replies, self.described)
             if isinstance(op.origin, int):
                 self._respond(op.origin, 200, response_headers(op.request_id), json_body({"services": services}))
             else:
                 self.send(op.origin, ServiceList(op.request_id, tuple(services)))
             return
+        if isinstance(op.origin, int):
+            self._respond(op.origin, *registry_answer(op))
+            return
         reply = op.replies.get("discovery")
-        conn_id = op.origin
         if reply is None:
-            self._respond(conn_id, 503, response_headers(op.request_id, "service_unavailable", 1),
-                          error_body(op.request_id, None, "service_unavailable", "the registry did not answer"))
-        elif isinstance(reply, ServiceRegistered):
-            spec = reply.spec
-            self._respond(conn_id, 201, [*response_headers(op.request_id), ("Location", f"/v1/services/{spec.name}")],
-                          json_body({"name": spec.name, "service_type": spec.service_type, "url": spec.url,
-                                     "metadata": spec.metadata, "source": spec.source}))
-        elif isinstance(reply, ServiceUnregistered):
-            self._respond(conn_id, 204, [("X-Request-ID", op.request_id)], b"")
-        else:
-            self._respond(conn_id, error_status(reply.code), response_headers(op.request_id),
-                          error_body(op.request_id, None, reply.code, reply.message))
-
-    def _services_view(self, described: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-        assert self.dispatcher is not None
-        services = []
-        for name, route in sorted(self.dispatcher.routes.items()):
-            state = described.get(name)
-            responsive = state is not None
-            if state is None:
-                state = self.described.get(name, {"health": "UNKNOWN", "circuit": "closed", "in_flight": 0})
-            services.append({
-                "name": name,
-                "service_type": route.service_type,
-                "url": route.url,
-                "endpoint": route.endpoint,
-                **state,
-                "metadata": route.metadata,
-                "source": route.source,
-                "responsive": responsive,
-            })
-        return services
+            reply = Refused(op.request_id, "service_unavailable", "the registry did not answer")
+        self.send(op.origin, attrs.evolve(reply, request_id=op.request_id))
 
     # -- the actor protocol's entry ----------------------------------------------------------------------------
 
@@ -467,8 +422,11 @@ class HttpShim(AeyonActor):
                                          message.client_id)
             self.dispatcher.submit(valid, sender)
         except RequestError as exc:
-            request_id = exc.request_id or new_request_id()
-            self.send(sender, OrchestrationResult(request_id, exc.service, "error", error_code=exc.code,
+            # The caller matches the answer by the id it sent, even when that id is not a valid one.
+            request_id = message.request_id if isinstance(message.request_id, str) else None
+            service = message.service if isinstance(message.service, str) else None
+            self.send(sender, OrchestrationResult(request_id or exc.request_id or new_request_id(), service, "error",
+                                                  error_code=exc.code,
                                                   error_message=exc.message, http_status=exc.http_status))
 
     def state(self) -> dict[str, Any]:

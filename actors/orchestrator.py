@@ -46,6 +46,7 @@ from actors.messages.control import (
     HealthReport,
     Peers,
     Readiness,
+    Refused,
     Relay,
     RestoreRegistry,
     ServiceSpec,
@@ -274,11 +275,18 @@ class Orchestrator(AeyonActor):
             return
         self.send(self._entry(), Relay(message, sender))
 
+    # Registrations go through an entry, which answers once its own route table shows the change.
     def receiveMsg_RegisterService(self, message: RegisterService, sender: Any) -> None:
-        self.send(self.control["discovery"], Relay(message, sender))
+        self._relay_to_entry(message, sender)
 
     def receiveMsg_UnregisterService(self, message: UnregisterService, sender: Any) -> None:
-        self.send(self.control["discovery"], Relay(message, sender))
+        self._relay_to_entry(message, sender)
+
+    def _relay_to_entry(self, message: Any, sender: Any) -> None:
+        if not self.started:
+            self.send(sender, Refused(message.request_id, "service_unavailable", "the orchestrator is not started"))
+            return
+        self.send(self._entry(), Relay(message, sender))
 
     def receiveMsg_DescribeEntry(self, message: DescribeEntry, sender: Any) -> None:
         self.send(sender, EntryDescribed(message.request_id, tuple(s.address for s in self.shims if s.listening)))

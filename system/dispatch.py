@@ -77,8 +77,9 @@ class Dispatcher:
         """The route table, by service name."""
         return self._routes
 
-    def set_routes(self, routes: Iterable[Route]) -> list[Pending]:
-        """Install a new route table; return the pending requests whose supervisor is no longer in it."""
+    def set_routes(self, routes: Iterable[Route]) -> tuple[list[Pending], list[Pending]]:
+        """Install a new route table. Returns the pending requests it strands, taken out of the table:
+        (those whose service is gone, those whose supervisor was replaced)."""
         old = self._routes
         self._routes = {route.service: route for route in routes}
 
@@ -89,11 +90,12 @@ class Dispatcher:
         for service in [s for s in old if moved(s)]:
             self._outbox.pop(service, None)
             self._unacked.pop(service, None)
-        lost = [p for p in self._pending.values()
-                if p.service not in self._routes or p.supervisor != self._routes[p.service].supervisor]
-        for pending in lost:
+        removed = [p for p in self._pending.values() if p.service not in self._routes]
+        replaced = [p for p in self._pending.values()
+                    if p.service in self._routes and p.supervisor != self._routes[p.service].supervisor]
+        for pending in removed + replaced:
             del self._pending[pending.key]
-        return lost
+        return removed, replaced
 
     def submit(self, request: OrchestrateRequest, origin: Any) -> Pending:
         """Queue a valid request for its guard; raise ``RequestError`` (unknown_service, overloaded)."""

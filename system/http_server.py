@@ -40,6 +40,7 @@ _REASONS = {int(s): s.phrase.encode() for s in HTTPStatus}
 
 _IN = select.EPOLLIN
 _OUT = select.EPOLLOUT
+_GONE = select.EPOLLRDHUP | select.EPOLLHUP | select.EPOLLERR
 
 
 @attrs.frozen
@@ -81,6 +82,7 @@ class _Connection:
         "h11",
         "head",
         "mask",
+        "method",
         "out",
         "sock",
         "started",
@@ -97,6 +99,7 @@ class _Connection:
         self.deadline = deadline
         self.started = False
         self.head: h11.Request | None = None
+        self.method = b""
         self.body: list[bytes] = []
         self.body_size = 0
         self.out = bytearray()
@@ -176,7 +179,13 @@ class HttpServer:
                 self._flush(conn)
                 if conn.fd not in self._conns:
                     continue
-            if events & (select.EPOLLIN | select.EPOLLHUP | select.EPOLLERR):
+            if conn.state == _APP:
+                if events & _GONE:
+                    # The client closed (or half-closed) while its request is with the application: like nginx,
+                    # take it as gone; respond() will report that there is nobody to answer.
+                    self._close(conn)
+                continue
+            if events & (_IN | _GONE):
                 self._read(conn)
         return self.take_ready()
 
@@ -191,6 +200,9 @@ class HttpServer:
         for conn in list(self._conns.values()):
             if conn.state == _APP or now < conn.deadline:
                 continue
+            if conn.out:
+                self._close(conn)  # the client stopped reading our answer
+                continue
             if conn.state == _BODY or (conn.state == _WAITING and conn.started):
                 self._refuse(conn, 408, "request_timeout", "the request was not received in time")
             else:
@@ -203,7 +215,7 @@ class HttpServer:
         if conn is None or conn.state != _APP:
             return False
         self._send_response(conn, status, headers, body, close)
-        return True
+        return conn.fd in self._conns or conn.state == _DRAIN
 
     # -- internals ---------------------------------------------------------------------------------------------
 
@@ -240,25 +252,19 @@ class HttpServer:
             except OSError:
                 self._close(conn)
                 return
+            total += len(data)
             if conn.state == _DRAIN:
                 if not data:
                     self._close(conn)
                     return
                 continue
             if not data:
-                if conn.state == _APP:
-                    # The client went away while its request is with the application: nothing to answer to.
-                    self._close(conn)
-                    return
                 conn.h11.receive_data(b"")
                 break
-            total += len(data)
             if conn.state == _WAITING and not conn.started:
                 conn.started = True
                 conn.deadline = self._now() + self.limits.header_timeout_s
             conn.h11.receive_data(data)
-            if conn.state == _APP:
-                break
         if conn.state in (_WAITING, _BODY):
             self._advance(conn)
 
@@ -297,6 +303,13 @@ class HttpServer:
 
     def _start_request(self, conn: _Connection, head: h11.Request) -> bool:
         conn.head = head
+        conn.method = head.method
+        # h11 bounds a head still arriving; one that arrived whole in a single read is measured here.
+        size = len(head.method) + len(head.target) + sum(len(n) + len(v) + 4 for n, v in head.headers)
+        if size > self.limits.max_header_bytes:
+            self._refuse(conn, 431, "request_header_too_large",
+                         f"request head exceeds {self.limits.max_header_bytes} bytes")
+            return False
         conn.body = []
         conn.body_size = 0
         length = None
@@ -308,7 +321,8 @@ class HttpServer:
             self._refuse(conn, 413, "payload_too_large", f"request body exceeds {self.limits.max_body_bytes} bytes")
             return False
         if conn.h11.client_is_waiting_for_100_continue:
-            self._write(conn, conn.h11.send(h11.InformationalResponse(status_code=100, headers=[])) or b"")
+            self._write(conn, conn.h11.send(h11.InformationalResponse(status_code=100, headers=[],
+                                                                       reason=b"Continue")) or b"")
         conn.state = _BODY
         conn.deadline = self._now() + self.limits.body_timeout_s
         return True
@@ -324,7 +338,7 @@ class HttpServer:
         target = head.target.decode("latin-1")
         path, _, query = target.partition("?")
         conn.state = _APP
-        self._set_mask(conn, conn.mask & _OUT)
+        self._set_mask(conn, (conn.mask & _OUT) | select.EPOLLRDHUP)
         self._ready.append(
             HttpRequest(
                 conn_id=conn.conn_id,
@@ -359,7 +373,7 @@ class HttpServer:
             all_headers.append(("Connection", "close"))
         try:
             data = conn.h11.send(h11.Response(status_code=status, headers=all_headers, reason=_reason(status))) or b""
-            if body and not bodiless:
+            if body and not bodiless and conn.method != b"HEAD":
                 data += conn.h11.send(h11.Data(data=body)) or b""
             data += conn.h11.send(h11.EndOfMessage()) or b""
         except h11.LocalProtocolError:
@@ -399,6 +413,7 @@ class HttpServer:
         if sent < len(data):
             conn.out += data[sent:]
             self._set_mask(conn, conn.mask | _OUT)
+            conn.deadline = self._now() + self.limits.write_timeout_s
 
     def _flush(self, conn: _Connection) -> None:
         try:
@@ -410,8 +425,11 @@ class HttpServer:
             return
         del conn.out[:sent]
         if conn.out:
+            conn.deadline = self._now() + self.limits.write_timeout_s  # progress: the client is reading
             return
         self._set_mask(conn, conn.mask & ~_OUT)
+        if conn.state == _WAITING:
+            conn.deadline = self._now() + (self.limits.header_timeout_s if conn.started else self.limits.idle_timeout_s)
         if conn.state == _DRAIN:
             self._linger(conn)
 

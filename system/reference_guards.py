@@ -516,7 +516,7 @@ class _GuardHandler(BaseHTTPRequestHandler):
         unread = self.headers.get("Content-Length", "0") != "0" or "Transfer-Encoding" in self.headers
         if allowed is None:
             self._send_json(404, _error("not_found", f"no route {path}"), close=unread)
-        elif self.command != allowed:
+        elif self.command != allowed and not (self.command == "HEAD" and allowed == "GET"):
             self._send_json(405, _error("method_not_allowed", f"{path} takes {allowed}"), close=unread,
                             extra={"Allow": allowed})
         elif allowed == "GET":
@@ -544,12 +544,16 @@ class _GuardHandler(BaseHTTPRequestHandler):
             return
         try:
             payload = json.loads(body)
-            if not isinstance(payload, dict):
-                raise BadInput("body must be a JSON object")
-            result = ANALYZERS[service](payload)
         except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-            message = str(exc) if isinstance(exc, BadInput) else f"body is not valid JSON: {exc}"
-            self._send_json(400, _error("bad_input", message))
+            self._send_json(400, _error("bad_input", f"body is not valid JSON: {exc}"))
+            return
+        if not isinstance(payload, dict):
+            self._send_json(400, _error("bad_input", "body must be a JSON object"))
+            return
+        try:
+            result = ANALYZERS[service](payload)
+        except BadInput as exc:
+            self._send_json(400, _error("bad_input", str(exc)))
         except Exception as exc:
             # Every request gets one answer, even when an analyzer has a bug.
             self._send_json(500, _error("internal_error", f"{type(exc).__name__}: {exc}"))
@@ -631,9 +635,11 @@ class ReferenceGuards:
         if self._stopped:
             return
         self._stopped = True
-        for server in self._servers.values():
-            server.close(timeout)
-        for thread in self._threads:
+        # In parallel: each shutdown() waits up to one serve_forever poll interval (0.5 s).
+        closers = [threading.Thread(target=s.close, args=(timeout,)) for s in self._servers.values()]
+        for closer in closers:
+            closer.start()
+        for thread in [*closers, *self._threads]:
             thread.join(timeout)
 
     def __enter__(self) -> ReferenceGuards:

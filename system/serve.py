@@ -14,6 +14,7 @@ import logging
 import os
 import select
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -83,8 +84,27 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
+def _http_port_problem(host: str, port: int) -> str | None:
+    """Why the HTTP port cannot be ours, or None. The shims bind with SO_REUSEPORT (so several can share it),
+    which would also let a second orchestrator share it silently; a plain bind first makes sure nobody has it."""
+    if port == 0:
+        return None
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            return f"cannot listen on {host}:{port}: {exc.strerror} (AEYON_HOST/AEYON_PORT)"
+    return None
+
+
 def serve(settings: Settings) -> int:
     """Run the orchestrator until told to stop; the exit status for the command."""
+    problem = _http_port_problem(settings.host, settings.port)
+    if problem:
+        log.error("%s", problem)
+        return 1
     guards = None
     if not settings.guard_urls:
         guards = ReferenceGuardsProcess.start()
