@@ -96,7 +96,18 @@ class _Env:
         try:
             return parse(raw.strip())
         except ValueError as exc:
-            raise ConfigError(f"{name}: {exc} (got {raw!r})") from None
+            raise ConfigError(f"{name}: {exc} (got {_masked(raw)!r})") from None
+
+
+def _masked(raw: str) -> str:
+    """The value for an error message, without a password a URL may carry."""
+    try:
+        parts = urlsplit(raw.strip())
+    except ValueError:
+        return raw
+    if "@" not in parts.netloc:
+        return raw
+    return parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2]).geturl()
 
 
 def _boolean(raw: str) -> bool:

@@ -49,7 +49,9 @@ class GuardPool(Generic[C]):
                 new = True
             else:
                 break
-            free = len(self._idle) + 1 + (self.max_workers - self.slots - (1 if new else 0))
+            # Slots that could take calls now: this one, the idle ones and those not opened yet. (This one is
+            # counted in neither the idle nor the busy ones at this point.)
+            free = len(self._idle) + self.max_workers - self.slots
             share = max(1, min(self.max_batch, -(-len(self._queue) // max(1, free))))
             calls = [self._queue.popleft() for _ in range(min(share, len(self._queue)))]
             self._busy[slot] = calls

@@ -67,7 +67,7 @@ SERVICE_TYPES: dict[str, ServiceType] = {
 # A registered service of type "generic" names its own path in metadata["path"] (default "/").
 GENERIC = "generic"
 
-SERVICE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+SERVICE_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}\Z")
 
 
 def endpoint_for(service_type: str, url: str, metadata: Mapping[str, Any]) -> str:

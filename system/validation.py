@@ -22,7 +22,7 @@ MAX_KEY_LENGTH = 1024
 DEFAULT_TIMEOUT_S = 30.0
 MAX_TIMEOUT_S = 300.0
 
-REQUEST_ID = re.compile(r"^[A-Za-z0-9_-]{1,100}$")
+REQUEST_ID = re.compile(r"[A-Za-z0-9_-]{1,100}")
 
 
 @attrs.frozen
@@ -43,7 +43,7 @@ def new_request_id() -> str:
 
 def valid_request_id(value: object) -> bool:
     """True for 1-100 characters of ``A-Z a-z 0-9 _ -``."""
-    return isinstance(value, str) and REQUEST_ID.match(value) is not None
+    return isinstance(value, str) and REQUEST_ID.fullmatch(value) is not None
 
 
 def _no_constants(name: str) -> float:
@@ -77,6 +77,7 @@ def parse_orchestrate_body(
         client_id,
         fallback_request_id=fallback_id,
         has_payload="payload" in body,
+        from_json=True,
     )
 
 
@@ -89,6 +90,7 @@ def validate_orchestrate(
     *,
     fallback_request_id: str | None = None,
     has_payload: bool = True,
+    from_json: bool = False,
 ) -> OrchestrateRequest:
     """Validate the fields of an orchestration request, from HTTP or from an ``Orchestrate`` message."""
     if request_id is None:
@@ -110,7 +112,7 @@ def validate_orchestrate(
     if not isinstance(payload, dict):
         raise RequestError("invalid_request", "payload must be a JSON object", request_id=request_id, service=service)
     seconds = _timeout(timeout, request_id, service)
-    problem = payload_problem(payload)
+    problem = payload_problem(payload, from_json=from_json)
     if problem:
         raise RequestError("invalid_payload", problem, request_id=request_id, service=service)
     return OrchestrateRequest(request_id, service, payload, seconds, client_id)
@@ -127,7 +129,10 @@ def _timeout(value: object, request_id: str, service: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise RequestError("invalid_request", "timeout must be a number of seconds", request_id=request_id,
                            service=service)
-    seconds = float(value)
+    try:
+        seconds = float(value)
+    except OverflowError:
+        seconds = math.inf
     if not math.isfinite(seconds) or not 0 < seconds <= MAX_TIMEOUT_S:
         raise RequestError(
             "invalid_request", f"timeout must be > 0 and <= {MAX_TIMEOUT_S:g} seconds", request_id=request_id,
@@ -136,24 +141,33 @@ def _timeout(value: object, request_id: str, service: str) -> float:
     return seconds
 
 
-def payload_problem(payload: dict[str, Any]) -> str | None:
-    """Why a payload is structurally dangerous (too deep, NUL bytes or over-long keys), or None when it is fine."""
+_SCALARS = (str, int, bool, type(None))
+
+
+def payload_problem(payload: dict[str, Any], *, from_json: bool = False) -> str | None:
+    """Why a payload is structurally dangerous (too deep, NUL bytes or over-long keys), or None when it is fine.
+
+    A payload decoded from JSON text holds only JSON types. One that came as a Python object (an ``Orchestrate``
+    message) may hold anything, so with ``from_json=False`` every key and value is also checked to be JSON.
+    """
     # Iterative walk: a recursive one could itself be driven into RecursionError by the payload.
     stack: list[tuple[Any, int]] = [(payload, 1)]
     while stack:
         value, depth = stack.pop()
         if depth > MAX_PAYLOAD_DEPTH:
             return f"payload nests deeper than {MAX_PAYLOAD_DEPTH} levels"
-        if isinstance(value, dict):
-            for key, item in value.items():
+        items = value.items() if isinstance(value, dict) else enumerate(value)
+        for key, item in items:
+            if isinstance(value, dict):
+                if not isinstance(key, str):
+                    return "payload keys must be strings"
                 if "\x00" in key:
                     return "payload keys must not contain NUL bytes"
                 if len(key) > MAX_KEY_LENGTH:
                     return f"payload keys must be at most {MAX_KEY_LENGTH} characters"
-                if isinstance(item, dict | list):
-                    stack.append((item, depth + 1))
-        else:
-            for item in value:
-                if isinstance(item, dict | list):
-                    stack.append((item, depth + 1))
+            if isinstance(item, dict | list):
+                stack.append((item, depth + 1))
+            elif not from_json and not (isinstance(item, _SCALARS)
+                                        or (isinstance(item, float) and math.isfinite(item))):
+                return f"payload values must be JSON (found {type(item).__name__})"
     return None

@@ -1,0 +1,419 @@
+"""Dispatcher: pending requests, deadlines, credit batching and route changes, with fake clocks."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from actors.messages import CallBatch, CallGuard, Route
+from system.dispatch import CREDIT_TIMEOUT_S, Dispatcher
+from system.errors import RequestError
+from system.routing import endpoint_for, transform_for
+from system.validation import OrchestrateRequest
+
+
+class Clocks:
+    """A monotonic clock and a wall clock that move only when the test says so."""
+
+    def __init__(self, mono: float = 100.0, wall: float = 1_700_000_000.0):
+        self.mono = mono
+        self.wall = wall
+
+    def advance(self, seconds: float) -> None:
+        self.mono += seconds
+        self.wall += seconds
+
+
+def route(service: str, supervisor: Any = None, service_type: str = "tokenguard") -> Route:
+    url = f"http://127.0.0.1:9/{service}"
+    return Route(service, service_type, url, endpoint_for(service_type, url, {}), transform_for(service_type),
+                 supervisor if supervisor is not None else f"sup-{service}")
+
+
+def request(service: str = "a", request_id: str = "req-1", timeout: float = 30.0,
+            payload: dict[str, Any] | None = None) -> OrchestrateRequest:
+    return OrchestrateRequest(request_id, service, payload if payload is not None else {"text": "x"}, timeout)
+
+
+def make(*routes: Route, max_in_flight: int = 100) -> tuple[Dispatcher, Clocks]:
+    clocks = Clocks()
+    dispatcher = Dispatcher("entry", max_in_flight, clock=lambda: clocks.mono, wallclock=lambda: clocks.wall)
+    dispatcher.set_routes(routes or [route("a"), route("b")])
+    return dispatcher, clocks
+
+
+# -- submit ----------------------------------------------------------------------------------------------------
+
+
+def test_unknown_service_raises_request_error():
+    dispatcher, _ = make()
+    with pytest.raises(RequestError) as info:
+        dispatcher.submit(request("nope", "req-9"), "origin")
+    assert (info.value.code, info.value.request_id, info.value.service) == ("unknown_service", "req-9", "nope")
+    assert dispatcher.in_flight == 0
+
+
+def test_overloaded_once_max_in_flight_are_pending_and_free_again_after_finish():
+    dispatcher, _ = make(max_in_flight=2)
+    first = dispatcher.submit(request(), "o1")
+    dispatcher.submit(request(), "o2")
+    with pytest.raises(RequestError) as info:
+        dispatcher.submit(request(), "o3")
+    assert info.value.code == "overloaded"
+    assert dispatcher.in_flight == 2
+    dispatcher.finish(first.key)
+    dispatcher.submit(request(), "o4")
+    assert dispatcher.in_flight == 2
+
+
+def test_pending_records_origin_times_supervisor_and_body_size():
+    dispatcher, clocks = make()
+    pending = dispatcher.submit(request("a", "req-7", timeout=2.5), "the-origin")
+    assert pending.request_id == "req-7"
+    assert pending.service == "a"
+    assert pending.origin == "the-origin"
+    assert pending.started == clocks.mono
+    assert pending.deadline == clocks.mono + 2.5
+    assert pending.supervisor == "sup-a"
+    assert pending.payload_size == len(b'{"text":"x"}')
+
+
+def test_keys_are_unique_even_for_equal_request_ids():
+    dispatcher, _ = make()
+    keys = {dispatcher.submit(request(request_id="same"), None).key for _ in range(5)}
+    assert len(keys) == 5
+
+
+def test_call_guard_carries_the_transformed_payload_as_json_and_a_wall_clock_expiry():
+    dispatcher, clocks = make(route("tg", "sup", "tokenguard"), route("tr", "sup2", "trustguard"),
+                              route("cg", "sup3", "contextguard"))
+    dispatcher.submit(request("tg", "req-1", timeout=3, payload={"text": "hi"}), None)
+    dispatcher.submit(request("tr", "req-2", timeout=4, payload={"text": "hi"}), None)
+    dispatcher.submit(request("cg", "req-3", timeout=5, payload={"content": "c"}), None)
+    calls = {batch.service: batch.calls[0] for _, batch in dispatcher.batches()}
+    tg, tr, cg = calls["tg"], calls["tr"], calls["cg"]
+    assert isinstance(tg, CallGuard)
+    assert json.loads(tg.body) == {"text": "hi"}
+    assert json.loads(tr.body) == {"text": "hi", "request_id": "req-2"}
+    assert json.loads(cg.body) == {"content": "c", "text": "c"}
+    assert tg.endpoint == "http://127.0.0.1:9/tg/scan"
+    assert tr.endpoint == "http://127.0.0.1:9/tr/v1/validate"
+    assert tg.expires_at == clocks.wall + 3
+    assert tr.expires_at == clocks.wall + 4
+    assert tg.reply_to == "entry"
+    assert tg.request_id == "req-1"
+
+
+def test_submit_does_not_mutate_the_callers_payload():
+    dispatcher, _ = make(route("tr", service_type="trustguard"))
+    payload = {"text": "hi"}
+    dispatcher.submit(request("tr", payload=payload), None)
+    assert payload == {"text": "hi"}
+
+
+# -- credit batching -------------------------------------------------------------------------------------------
+
+
+def test_first_submit_leaves_at_once_as_a_batch_of_one():
+    dispatcher, _ = make()
+    pending = dispatcher.submit(request("a"), None)
+    out = dispatcher.batches()
+    assert len(out) == 1
+    supervisor, batch = out[0]
+    assert supervisor == "sup-a"
+    assert isinstance(batch, CallBatch)
+    assert batch.service == "a"
+    assert [c.key for c in batch.calls] == [pending.key]
+    assert dispatcher.unacked_batches() == 1
+    assert dispatcher.batches() == []
+
+
+def test_later_submits_wait_for_the_credit_then_leave_together():
+    dispatcher, _ = make()
+    dispatcher.submit(request("a"), None)
+    [(_, first)] = dispatcher.batches()
+    second = dispatcher.submit(request("a"), None)
+    third = dispatcher.submit(request("a"), None)
+    assert dispatcher.batches() == []
+    dispatcher.accepted("a", first.batch_id)
+    assert dispatcher.unacked_batches() == 0
+    [(supervisor, batch)] = dispatcher.batches()
+    assert supervisor == "sup-a"
+    assert [c.key for c in batch.calls] == [second.key, third.key]
+    assert batch.batch_id != first.batch_id
+
+
+def test_batches_for_two_services_are_independent():
+    dispatcher, _ = make()
+    dispatcher.submit(request("a"), None)
+    dispatcher.submit(request("b"), None)
+    sent = {batch.service: batch for _, batch in dispatcher.batches()}
+    assert set(sent) == {"a", "b"}
+    a2 = dispatcher.submit(request("a"), None)
+    b2 = dispatcher.submit(request("b"), None)
+    assert dispatcher.batches() == []
+    dispatcher.accepted("b", sent["b"].batch_id)
+    [(supervisor, batch)] = dispatcher.batches()
+    assert (supervisor, batch.service, [c.key for c in batch.calls]) == ("sup-b", "b", [b2.key])
+    dispatcher.accepted("a", sent["a"].batch_id)
+    [(supervisor, batch)] = dispatcher.batches()
+    assert (supervisor, batch.service, [c.key for c in batch.calls]) == ("sup-a", "a", [a2.key])
+
+
+def test_a_stale_or_unknown_batch_id_does_not_release_credit():
+    dispatcher, _ = make()
+    dispatcher.submit(request("a"), None)
+    dispatcher.submit(request("b"), None)
+    sent = {batch.service: batch for _, batch in dispatcher.batches()}
+    dispatcher.submit(request("a"), None)
+    dispatcher.accepted("a", sent["a"].batch_id + 1000)
+    dispatcher.accepted("a", sent["b"].batch_id)
+    dispatcher.accepted("nope", sent["a"].batch_id)
+    assert dispatcher.batches() == []
+    dispatcher.accepted("a", sent["a"].batch_id)
+    assert len(dispatcher.batches()) == 1
+
+
+def test_a_repeated_credit_for_an_old_batch_does_not_release_the_next_one():
+    dispatcher, _ = make()
+    dispatcher.submit(request("a"), None)
+    [(_, first)] = dispatcher.batches()
+    dispatcher.accepted("a", first.batch_id)
+    dispatcher.submit(request("a"), None)
+    assert len(dispatcher.batches()) == 1
+    dispatcher.submit(request("a"), None)
+    dispatcher.accepted("a", first.batch_id)
+    assert dispatcher.batches() == []
+
+
+def test_credit_is_given_up_after_credit_timeout():
+    dispatcher, clocks = make()
+    dispatcher.submit(request("a", timeout=60), None)
+    [(_, first)] = dispatcher.batches()
+    waiting = dispatcher.submit(request("a", timeout=60), None)
+    clocks.advance(CREDIT_TIMEOUT_S - 0.001)
+    assert dispatcher.batches() == []
+    clocks.advance(0.001)
+    [(_, batch)] = dispatcher.batches()
+    assert [c.key for c in batch.calls] == [waiting.key]
+    # The late credit for the given-up batch no longer counts.
+    dispatcher.submit(request("a", timeout=60), None)
+    dispatcher.accepted("a", first.batch_id)
+    assert dispatcher.batches() == []
+
+
+def test_calls_answered_while_waiting_for_credit_are_not_sent():
+    dispatcher, clocks = make()
+    dispatcher.submit(request("a", timeout=60), None)
+    [(_, first)] = dispatcher.batches()
+    gone = dispatcher.submit(request("a", timeout=1), None)
+    kept = dispatcher.submit(request("a", timeout=60), None)
+    finished = dispatcher.submit(request("a", timeout=60), None)
+    dispatcher.finish(finished.key)
+    clocks.advance(1)
+    assert [p.key for p in dispatcher.expired()] == [gone.key]
+    dispatcher.accepted("a", first.batch_id)
+    [(_, batch)] = dispatcher.batches()
+    assert [c.key for c in batch.calls] == [kept.key]
+
+
+def test_no_batch_and_credit_kept_free_when_every_waiting_call_is_gone():
+    dispatcher, _ = make()
+    dispatcher.submit(request("a"), None)
+    [(_, first)] = dispatcher.batches()
+    waiting = dispatcher.submit(request("a"), None)
+    dispatcher.finish(waiting.key)
+    dispatcher.accepted("a", first.batch_id)
+    assert dispatcher.batches() == []
+    assert dispatcher.unacked_batches() == 0
+
+
+# -- finish, expiry and deadlines ------------------------------------------------------------------------------
+
+
+def test_finish_hands_out_a_pending_request_exactly_once():
+    dispatcher, _ = make()
+    pending = dispatcher.submit(request(), "origin")
+    assert dispatcher.finish(pending.key) is pending
+    assert dispatcher.finish(pending.key) is None
+    assert dispatcher.finish(12345) is None
+    assert dispatcher.in_flight == 0
+
+
+def test_expired_returns_requests_whose_deadline_passed_exactly_once():
+    dispatcher, clocks = make()
+    short = dispatcher.submit(request(timeout=1), None)
+    long = dispatcher.submit(request(timeout=2), None)
+    assert dispatcher.expired() == []
+    clocks.advance(0.999)
+    assert dispatcher.expired() == []
+    clocks.advance(0.001)
+    assert dispatcher.expired() == [short]
+    assert dispatcher.expired() == []
+    assert dispatcher.finish(short.key) is None
+    clocks.advance(5)
+    assert dispatcher.expired() == [long]
+    assert dispatcher.in_flight == 0
+
+
+def test_expired_never_returns_a_finished_request():
+    dispatcher, clocks = make()
+    done = dispatcher.submit(request(timeout=1), None)
+    dispatcher.finish(done.key)
+    clocks.advance(10)
+    assert dispatcher.expired() == []
+
+
+def test_expired_returns_them_in_deadline_order():
+    dispatcher, clocks = make()
+    late = dispatcher.submit(request(timeout=3), None)
+    early = dispatcher.submit(request(timeout=1), None)
+    middle = dispatcher.submit(request(timeout=2), None)
+    clocks.advance(3)
+    assert dispatcher.expired() == [early, middle, late]
+
+
+def test_next_deadline_tracks_the_earliest_live_deadline():
+    dispatcher, clocks = make()
+    assert dispatcher.next_deadline() is None
+    start = clocks.mono
+    first = dispatcher.submit(request(timeout=5), None)
+    second = dispatcher.submit(request(timeout=10), None)
+    dispatcher.submit(request(timeout=1), None)
+    assert dispatcher.next_deadline() == start + 1
+    clocks.advance(1)
+    dispatcher.expired()
+    assert dispatcher.next_deadline() == start + 5
+    dispatcher.finish(first.key)
+    assert dispatcher.next_deadline() == start + 10
+    dispatcher.finish(second.key)
+    assert dispatcher.next_deadline() is None
+
+
+def test_many_finished_requests_do_not_disturb_deadlines():
+    dispatcher, clocks = make(max_in_flight=10_000)
+    survivor = dispatcher.submit(request(timeout=50), None)
+    for _ in range(3000):
+        dispatcher.finish(dispatcher.submit(request(timeout=1), None).key)
+    assert dispatcher.next_deadline() == survivor.deadline
+    clocks.advance(50)
+    assert dispatcher.expired() == [survivor]
+
+
+# -- route changes ---------------------------------------------------------------------------------------------
+
+
+def test_set_routes_returns_and_forgets_requests_whose_service_went_or_supervisor_changed():
+    dispatcher, _ = make(route("a", "sup-1"), route("b", "sup-2"), route("c", "sup-3"))
+    kept = dispatcher.submit(request("a"), None)
+    moved = dispatcher.submit(request("b"), None)
+    removed = dispatcher.submit(request("c"), None)
+    also_removed = dispatcher.submit(request("c"), None)
+    gone, replaced = dispatcher.set_routes([route("a", "sup-1"), route("b", "sup-2-new")])
+    assert sorted(p.key for p in gone) == [removed.key, also_removed.key]
+    assert [p.key for p in replaced] == [moved.key]
+    assert dispatcher.in_flight == 1
+    assert dispatcher.finish(moved.key) is None
+    assert dispatcher.finish(removed.key) is None
+    assert dispatcher.finish(kept.key) is kept
+    assert set(dispatcher.routes) == {"a", "b"}
+
+
+def test_set_routes_with_the_same_table_loses_nothing():
+    dispatcher, _ = make()
+    dispatcher.submit(request("a"), None)
+    dispatcher.submit(request("b"), None)
+    assert dispatcher.set_routes([route("a"), route("b")]) == ([], [])
+    assert dispatcher.in_flight == 2
+
+
+def test_a_moved_service_sends_to_its_new_supervisor_without_waiting_for_old_credit():
+    dispatcher, _ = make(route("a", "sup-old"))
+    sent = dispatcher.submit(request("a"), None)
+    dispatcher.batches()
+    stranded = dispatcher.submit(request("a"), None)
+    assert dispatcher.set_routes([route("a", "sup-new")]) == ([], [sent, stranded])
+    assert dispatcher.batches() == []  # the stranded call was handed back, not sent to the new supervisor
+    assert dispatcher.finish(stranded.key) is None
+    fresh = dispatcher.submit(request("a"), None)
+    [(supervisor, batch)] = dispatcher.batches()
+    assert supervisor == "sup-new"
+    assert [c.key for c in batch.calls] == [fresh.key]
+
+
+def test_a_removed_service_is_unknown_afterwards():
+    dispatcher, _ = make()
+    dispatcher.set_routes([route("a")])
+    with pytest.raises(RequestError, match="registered") as info:
+        dispatcher.submit(request("b"), None)
+    assert info.value.code == "unknown_service"
+
+
+# -- property: every request is handed out at most once --------------------------------------------------------
+
+SERVICES = ["a", "b"]
+
+operations = st.lists(
+    st.one_of(
+        st.tuples(st.just("submit"), st.sampled_from(SERVICES), st.sampled_from([0.5, 1.0, 3.0, 10.0])),
+        st.tuples(st.just("batches")),
+        st.tuples(st.just("accept"), st.sampled_from(SERVICES), st.integers(min_value=0, max_value=30)),
+        st.tuples(st.just("finish"), st.integers(min_value=0, max_value=60)),
+        st.tuples(st.just("expire")),
+        st.tuples(st.just("advance"), st.sampled_from([0.1, 0.5, 1.0, 2.0, CREDIT_TIMEOUT_S])),
+    ),
+    max_size=80,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(operations)
+def test_every_request_is_handed_out_at_most_once_and_in_flight_adds_up(ops):
+    dispatcher, clocks = make(max_in_flight=20)
+    submitted: list[int] = []
+    deadlines: dict[int, float] = {}
+    handed_out: list[int] = []
+    sent_batches: list[int] = []
+    sent_calls: dict[int, int] = {}
+    for op in ops:
+        if op[0] == "submit":
+            try:
+                pending = dispatcher.submit(request(op[1], timeout=op[2]), None)
+                submitted.append(pending.key)
+                deadlines[pending.key] = pending.deadline
+            except RequestError as exc:
+                assert exc.code == "overloaded"
+                assert dispatcher.in_flight == 20
+        elif op[0] == "batches":
+            for supervisor, batch in dispatcher.batches():
+                assert supervisor == f"sup-{batch.service}"
+                assert batch.calls
+                sent_batches.append(batch.batch_id)
+                for call in batch.calls:
+                    assert call.key not in handed_out
+                    sent_calls[call.key] = sent_calls.get(call.key, 0) + 1
+        elif op[0] == "accept":
+            batch_id = sent_batches[op[2] % len(sent_batches)] if sent_batches else op[2]
+            dispatcher.accepted(op[1], batch_id)
+        elif op[0] == "finish":
+            key = submitted[op[1] % len(submitted)] if submitted else op[1]
+            pending = dispatcher.finish(key)
+            if pending is not None:
+                assert pending.key == key
+                handed_out.append(key)
+        elif op[0] == "expire":
+            for pending in dispatcher.expired():
+                assert pending.deadline <= clocks.mono
+                handed_out.append(pending.key)
+        else:
+            clocks.advance(op[1])
+        assert len(handed_out) == len(set(handed_out))
+        assert set(handed_out) <= set(submitted)
+        assert dispatcher.in_flight == len(submitted) - len(handed_out)
+        live = set(submitted) - set(handed_out)
+        assert dispatcher.next_deadline() == (min(deadlines[k] for k in live) if live else None)
+    assert all(count == 1 for count in sent_calls.values())
