@@ -1,0 +1,115 @@
+"""GuardSupervisor and GuardWorker together: admission, the bulkhead, workers' replies, health refusals."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import responses
+from thespian.actors import ActorSystem
+
+from actors.guard_supervisor import GuardSupervisor
+from actors.messages import CallAccepted, CallBatch, CallGuard, HealthChecked, RepliesBatch, ServiceSpec
+from actors.messages.control import ConfigureGuard, DescribeService, HealthReport, Peers, ServiceDescription
+from actors.messages.events import SERVICE_HEALTH_CHANGED, Publish
+from tests.actors.conftest import Entry as _Entry
+from tests.actors.conftest import collect, make_settings, of
+
+URL = "http://guard.test"
+
+
+def _supervisor(asys: ActorSystem, peers: Peers, **settings: Any) -> Any:
+    supervisor = asys.createActor(GuardSupervisor)
+    spec = ServiceSpec("tokenguard", "tokenguard", URL, {}, "env")
+    asys.tell(supervisor, ConfigureGuard(spec, make_settings(**settings), peers))
+    return supervisor
+
+
+def _call(key: int, reply_to: Any, timeout: float = 5.0) -> CallGuard:
+    return CallGuard(key, f"r{key}", URL + "/scan", b'{"text":"x"}', time.time() + timeout, reply_to)
+
+
+def _replies(received: list[Any]) -> dict[int, Any]:
+    out = {}
+    for message in of(CallAccepted, received):
+        out.update({r.key: r for r in message.replies})
+    for message in of(RepliesBatch, received):
+        out.update({r.key: r for r in message.replies})
+    return out
+
+
+@responses.activate
+def test_calls_are_made_by_workers_and_every_call_is_answered_once(asys: ActorSystem, peers: Peers) -> None:
+    responses.add(responses.POST, URL + "/scan", json={"safe": True}, status=200)
+    supervisor = _supervisor(asys, peers)
+    entry = asys.createActor(_Entry)
+    asys.tell(entry, ("attach", supervisor))
+    asys.tell(entry, CallBatch(1, "tokenguard", tuple(_call(k, entry) for k in range(3))))
+    received = collect(asys, lambda got: len(_replies(got)) == 3)
+    replies = _replies(received)
+    assert sorted(replies) == [0, 1, 2]
+    assert {r.outcome for r in replies.values()} == {"success"}
+    assert replies[0].body == b'{"safe": true}'
+    assert len(of(CallAccepted, received)) == 1
+    assert [c.request.headers["X-Request-ID"] for c in responses.calls] == ["r0", "r1", "r2"]
+
+
+@responses.activate
+def test_a_guard_failure_is_an_upstream_error_reply(asys: ActorSystem, peers: Peers) -> None:
+    responses.add(responses.POST, URL + "/scan", json={"e": 1}, status=503)
+    supervisor = _supervisor(asys, peers)
+    entry = asys.createActor(_Entry)
+    asys.tell(entry, ("attach", supervisor))
+    asys.tell(entry, CallBatch(1, "tokenguard", (_call(7, entry),)))
+    reply = _replies(collect(asys, lambda got: 7 in _replies(got)))[7]
+    assert (reply.outcome, reply.status) == ("upstream_error", 503)
+
+
+def test_a_guard_never_yet_healthy_gets_no_traffic(asys: ActorSystem, peers: Peers) -> None:
+    supervisor = _supervisor(asys, peers, disable_health_checks=False)
+    entry = asys.createActor(_Entry)
+    asys.tell(entry, ("attach", supervisor))
+    asys.tell(entry, CallBatch(1, "tokenguard", (_call(1, entry),)))
+    reply = _replies(collect(asys, lambda got: 1 in _replies(got)))[1]
+    assert reply.outcome == "service_unavailable"
+    assert reply.retry_after and reply.retry_after >= 1
+
+
+@responses.activate
+def test_a_passing_health_check_admits_traffic_and_is_reported(asys: ActorSystem, peers: Peers) -> None:
+    responses.add(responses.POST, URL + "/scan", json={"ok": 1}, status=200)
+    supervisor = _supervisor(asys, peers, disable_health_checks=False)
+    asys.tell(supervisor, HealthChecked("h1", "tokenguard", "HEALTHY", 200, "ok", 0.01))
+    received = collect(asys, lambda got: bool(of(HealthReport, got)) and bool(of(Publish, got)))
+    assert of(HealthReport, received)[0] == HealthReport("tokenguard", "HEALTHY", True)
+    event = of(Publish, received)[0].event
+    assert event.event_type == SERVICE_HEALTH_CHANGED
+    assert (event.data["previous"], event.data["state"]) == ("UNKNOWN", "HEALTHY")
+    entry = asys.createActor(_Entry)
+    asys.tell(entry, ("attach", supervisor))
+    asys.tell(entry, CallBatch(1, "tokenguard", (_call(1, entry),)))
+    assert _replies(collect(asys, lambda got: 1 in _replies(got)))[1].outcome == "success"
+
+
+def test_a_full_queue_answers_overloaded(asys: ActorSystem, peers: Peers) -> None:
+    # No HTTP mock: the calls fail fast, but admission happens before any of them is made.
+    supervisor = _supervisor(asys, peers, workers_per_guard=1, queue_per_guard=2)
+    entry = asys.createActor(_Entry)
+    asys.tell(entry, ("attach", supervisor))
+    asys.tell(entry, CallBatch(1, "tokenguard", tuple(_call(k, entry) for k in range(5))))
+    received = collect(asys, lambda got: len(_replies(got)) == 5)
+    accepted = of(CallAccepted, received)[0]
+    assert sorted(r.key for r in accepted.replies) == [2, 3, 4]
+    assert {r.outcome for r in accepted.replies} == {"overloaded"}
+
+
+def test_describe_service_reports_live_state(asys: ActorSystem, peers: Peers) -> None:
+    supervisor = _supervisor(asys, peers)
+    description = asys.ask(supervisor, DescribeService("d1"), 5)
+    assert isinstance(description, ServiceDescription)
+    assert description.request_id == "d1"
+    assert description.service == "tokenguard"
+    assert description.state["health"] == "UNKNOWN"
+    assert description.state["circuit"] == "closed"
+    assert description.state["in_flight"] == 0
+    assert description.state["workers"] == 1
