@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 
 from thespian.actors import Actor
 
-from actors.messages.control import Relay
+from actors.messages.control import ActorDescription, DescribeActor, Relay
 
 
 class AeyonActor(Actor):
@@ -27,7 +27,7 @@ class AeyonActor(Actor):
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
-        _die_with_parent()
+        _own_process(type(self).__name__)
 
     def __init_subclass__(cls, **kwargs: Any):
         super().__init_subclass__(**kwargs)
@@ -57,6 +57,18 @@ class AeyonActor(Actor):
     def receiveMsg_Relay(self, message: Relay, sender: Any) -> Any:
         return self.receiveMessage(message.inner, message.reply_to)
 
+    def receiveMsg_DescribeActor(self, message: DescribeActor, sender: Any) -> None:
+        self.send(sender, ActorDescription(message.request_id, type(self).__name__, os.getpid(),
+                                           str(self.myAddress), self.state(), tuple(self.children())))
+
+    def state(self) -> dict[str, Any]:
+        """This actor's own state, for the actor tree (JSON-ready)."""
+        return {}
+
+    def children(self) -> list[tuple[str, Any]]:
+        """This actor's children as (name, address), for the actor tree."""
+        return []
+
     @property
     def log(self) -> logging.Logger:
         """This actor's logger (records travel to Thespian's logging process)."""
@@ -64,10 +76,12 @@ class AeyonActor(Actor):
 
 
 _PR_SET_PDEATHSIG = 1
+_PR_SET_NAME = 15
 
 
-def _die_with_parent() -> None:
-    """Have the kernel kill this actor's process when its parent's process dies.
+def _own_process(name: str) -> None:
+    """Name this actor's process after its class (``ps``, ``top``) and have the kernel kill it when its parent's
+    process dies.
 
     Thespian does not stop a child whose parent is SIGKILLed, nor one still starting when its parent exits (its
     exit request cannot reach it yet): both would live on as orphans after shutdown. Actors run in the main
@@ -77,6 +91,8 @@ def _die_with_parent() -> None:
         return  # not a process of its own (simpleSystemBase runs actors inside the caller's process)
     parent = multiprocessing.parent_process()
     with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        libc.prctl(_PR_SET_NAME, name.encode()[:15] + b"\0")
     if parent is not None and os.getppid() != parent.pid:
         os._exit(0)  # the parent died before the signal was armed

@@ -1,15 +1,22 @@
-"""GuardSupervisor: one per registered guard; owns its health state and bulkhead, and supervises its workers.
+"""GuardSupervisor: one per registered guard. Owns the guard's circuit breaker, health state, bulkhead (bounded
+queue and worker pool) and retry budget, and supervises its workers.
 
-Entries send it batches of calls. It answers at once the calls that must not go out (guard unhealthy, queue
-full), queues the rest and hands them to idle workers. When a worker dies, the calls it held are answered
-``upstream_error`` here, so no caller is left without an answer.
+Entries send it batches of calls. It answers at once the calls that must not go out (guard unhealthy or never
+healthy, breaker open, queue full), queues the rest and hands them to idle workers. A call still running past
+the breaker's slow-call duration counts as slow at once (a hung guard trips the breaker in seconds, not at the
+end of a 30 s timeout). When the breaker opens, queued calls are answered ``circuit_open`` at once. When a worker
+dies, the calls it held are answered ``upstream_error`` here, so no caller is left without an answer, and it is
+replaced at once within a restart intensity, past which the supervisor stops itself and lets the root restart it.
+Breaker and health state are saved with the root at every change and given back on restart.
 """
 
 from __future__ import annotations
 
+import math
+import time
 from typing import Any
 
-from thespian.actors import ActorExitRequest, ChildActorExited
+from thespian.actors import ActorExitRequest, ChildActorExited, WakeupMessage
 
 from actors.base import AeyonActor
 from actors.guard_worker import GuardWorker
@@ -28,21 +35,39 @@ from actors.messages import (
     WorkBatch,
     WorkDone,
 )
-from actors.messages.events import SERVICE_HEALTH_CHANGED, Publish
+from actors.messages.control import GuardStateSaved
+from actors.messages.events import (
+    ACTOR_RESTARTED,
+    CIRCUIT_BREAKER_CLOSED,
+    CIRCUIT_BREAKER_OPENED,
+    SERVICE_HEALTH_CHANGED,
+    Publish,
+)
+from actors.messages.health import CheckNow
+from system.breaker import OPEN, CircuitBreaker, Transition
 from system.clock import wallclock
+from system.guard_client import DEGRADED, HEALTHY
 from system.guard_pool import GuardPool
 from system.health import HealthState
+from system.policy import GuardPolicy
+from system.restart import RestartIntensity
+from system.retry import RetryBudget
 
 RETRY_AFTER_UNAVAILABLE_S = 5
+TICK_S = 0.25
+FAILED = frozenset({"upstream_error", "upstream_timeout"})
 
 
 class _Worker:
-    __slots__ = ("address", "batch_id", "slot")
+    __slots__ = ("address", "batch_id", "flagged", "slot", "started", "tokens")
 
     def __init__(self, slot: int, address: Any):
         self.slot = slot
         self.address = address
         self.batch_id = 0
+        self.started = 0.0
+        self.tokens = 0
+        self.flagged = 0
 
 
 class GuardSupervisor(AeyonActor):
@@ -53,38 +78,71 @@ class GuardSupervisor(AeyonActor):
         self.spec: Any = None
         self.settings: Any = None
         self.peers: Any = None
+        self.policy = GuardPolicy()
         self.pool: GuardPool[CallGuard] | None = None
         self.health = HealthState()
+        self.breaker = CircuitBreaker()
+        self.budget = RetryBudget()
+        self.intensity = RestartIntensity()
         self.workers: list[_Worker] = []
+        self.retry_tokens_out = 0
         self.exiting = False
-        self.counters = {"calls": 0, "refused": 0, "worker_deaths": 0}
+        self.ticking = False
+        self.counters = {"calls": 0, "refused": 0, "retries": 0, "worker_restarts": 0, "trips": 0}
         self._next_batch = 1
+        self._early: list[tuple[Any, Any]] = []
+
+    def receiveMessage(self, message: Any, sender: Any) -> Any:
+        # Entries learn this supervisor's address from the Router, and may call it before the root's
+        # ConfigureGuard arrives (Thespian orders messages per sender only): keep those until configured.
+        if self.spec is None and not isinstance(message, ConfigureGuard | ActorExitRequest | ChildActorExited):
+            self._early.append((message, sender))
+            return None
+        result = super().receiveMessage(message, sender)
+        if self._early and self.spec is not None:
+            early, self._early = self._early, []
+            for queued, queued_sender in early:
+                super().receiveMessage(queued, queued_sender)
+        return result
 
     # -- configuration -----------------------------------------------------------------------------------------
 
     def receiveMsg_ConfigureGuard(self, message: ConfigureGuard, sender: Any) -> None:
         first = self.spec is None
-        self.spec = message.spec
-        self.settings = message.settings
-        self.peers = message.peers
-        if first:
-            self.pool = GuardPool(message.settings.workers_per_guard, message.settings.queue_per_guard)
-            self.health = HealthState(checks_enabled=not message.settings.disable_health_checks)
-            # One worker ahead of demand, so the first request does not wait for a process to start.
-            self.pool.open_slot(0)
-            self.workers.append(_Worker(0, self.createActor(GuardWorker)))
+        self.spec, self.settings, self.peers = message.spec, message.settings, message.peers
+        self.policy = GuardPolicy.for_service(message.spec.name, message.spec.metadata, message.settings)
+        if not first:
+            return
+        settings = message.settings
+        self.pool = GuardPool(settings.workers_per_guard, settings.queue_per_guard)
+        self.budget = RetryBudget(settings.retry_budget_percent / 100.0, settings.retry_min_concurrency)
+        self.intensity = RestartIntensity(settings.restart_max, settings.restart_period_s)
+        self.health = HealthState(checks_enabled=not settings.disable_health_checks)
+        saved = message.saved or {}
+        self.breaker = (CircuitBreaker.restore(saved["breaker"], self.policy.breaker) if saved.get("breaker")
+                        else CircuitBreaker(self.policy.breaker))
+        if saved.get("health"):
+            self.health.restore(saved["health"])
+        # One worker ahead of demand, so the first request does not wait for a process to start.
+        self.pool.open_slot(0)
+        self.workers.append(_Worker(0, self.createActor(GuardWorker)))
+        self._tick_soon()
 
     # -- data plane --------------------------------------------------------------------------------------------
 
     def receiveMsg_CallBatch(self, batch: CallBatch, sender: Any) -> None:
         assert self.pool is not None
+        self._transition(self.breaker.poll())
         refused = []
-        refusal = self.health.refusal()
+        unavailable = self.health.refusal(self.policy.allow_unchecked)
         for call in batch.calls:
-            if refusal is not None:
-                refused.append(GuardReplied(call.key, call.request_id, refusal[0], message=refusal[1],
+            if unavailable is not None:
+                refused.append(GuardReplied(call.key, call.request_id, unavailable[0], message=unavailable[1],
                                             retry_after=RETRY_AFTER_UNAVAILABLE_S))
+            elif not self.breaker.try_acquire():
+                refused.append(self._circuit_open(call))
             elif not self.pool.admit(call):
+                self.breaker.release()
                 refused.append(GuardReplied(call.key, call.request_id, "overloaded",
                                             message=f"{self.spec.name}: {self.pool.queue_limit} calls already queued",
                                             retry_after=1))
@@ -93,17 +151,29 @@ class GuardSupervisor(AeyonActor):
         self.send(sender, CallAccepted(batch.batch_id, batch.service, tuple(refused)))
         self._dispatch()
 
+    def _circuit_open(self, call: CallGuard) -> GuardReplied:
+        return GuardReplied(call.key, call.request_id, "circuit_open",
+                            message=f"{self.spec.name}: the circuit breaker is open",
+                            retry_after=max(1, math.ceil(self.breaker.retry_after_s())))
+
     def _dispatch(self) -> None:
         assert self.pool is not None
+        attempts = self.settings.retry_attempts
         for slot, calls, new in self.pool.assignments():
             if new:
                 worker = _Worker(slot, self.createActor(GuardWorker))
                 self.workers.append(worker)
             else:
                 worker = next(w for w in self.workers if w.slot == slot)
+            in_flight = self.pool.in_flight + self.pool.queued
+            worker.tokens = min(len(calls) * (attempts - 1), self.budget.allowance(in_flight, self.retry_tokens_out))
+            self.retry_tokens_out += worker.tokens
             worker.batch_id = self._next_batch
+            worker.started = time.monotonic()
+            worker.flagged = 0
             self._next_batch += 1
-            self.send(worker.address, WorkBatch(worker.batch_id, tuple(calls)))
+            self.send(worker.address, WorkBatch(worker.batch_id, tuple(calls), worker.tokens, attempts))
+        self._tick_soon()
 
     def receiveMsg_WorkDone(self, message: WorkDone, sender: Any) -> None:
         assert self.pool is not None
@@ -111,7 +181,80 @@ class GuardSupervisor(AeyonActor):
         if worker is None or worker.batch_id != message.batch_id:
             return
         self.pool.done(worker.slot)
+        self._return_tokens(worker)
+        self.counters["retries"] += message.retries
+        slow_s = self.policy.breaker.slow_call_duration_s
+        for record in message.records:
+            if worker.flagged and record.duration_s >= slow_s:
+                worker.flagged -= 1  # already counted as slow while it was running
+                continue
+            self._transition(self.breaker.record(record.outcome in FAILED, record.duration_s))
+        worker.flagged = 0
         self._dispatch()
+
+    def _return_tokens(self, worker: _Worker) -> None:
+        self.retry_tokens_out -= worker.tokens
+        worker.tokens = 0
+
+    # -- time: the breaker's open period, and calls that run too long -------------------------------------------
+
+    def _tick_soon(self) -> None:
+        if not self.ticking and not self.exiting:
+            self.ticking = True
+            self.wakeupAfter(TICK_S, payload="tick")
+
+    def receiveMsg_WakeupMessage(self, message: WakeupMessage, sender: Any) -> None:
+        if message.payload != "tick":
+            return
+        self.ticking = False
+        self._transition(self.breaker.poll())
+        now = time.monotonic()
+        slow_s = self.policy.breaker.slow_call_duration_s
+        busy = [w for w in self.workers if self.pool is not None and w.slot in self._busy_slots()]
+        for worker in busy:
+            # One flag per full slow period a batch has been running: its current call is slow already.
+            due = int((now - worker.started) // slow_s)
+            while worker.flagged < min(due, 1):
+                worker.flagged += 1
+                self._transition(self.breaker.record_slow_in_progress())
+        if busy or self.breaker.state != "closed":
+            self._tick_soon()
+
+    def _busy_slots(self) -> set[int]:
+        assert self.pool is not None
+        return self.pool.busy_slots()
+
+    # -- breaker transitions -----------------------------------------------------------------------------------
+
+    def _transition(self, transition: Transition | None) -> None:
+        if transition is None or self.peers is None:
+            return
+        self.log.info("%s: circuit %s -> %s (%s)", self.spec.name, transition.previous, transition.state,
+                      transition.cause)
+        data = {"service_name": self.spec.name, "previous": transition.previous, "state": transition.state,
+                "cause": transition.cause, "failure_rate": round(transition.failure_rate, 4),
+                "slow_call_rate": round(transition.slow_call_rate, 4), "calls": transition.calls,
+                "open_for_s": transition.open_for_s, "trips": transition.trips}
+        if transition.state == OPEN:
+            self.counters["trips"] += 1
+            self._publish(CIRCUIT_BREAKER_OPENED, data)
+            assert self.pool is not None
+            # Calls still queued would only wait to fail: answer them now.
+            self._answer(self.pool.drain(), "circuit_open", f"{self.spec.name}: the circuit breaker is open",
+                         retry_after=max(1, math.ceil(self.breaker.retry_after_s())))
+            # Passive failures and active checks should agree: have the guard checked now.
+            self.send(self.peers.health_monitor, CheckNow(self.spec.name))
+        elif transition.state == "closed":
+            self._publish(CIRCUIT_BREAKER_CLOSED, data)
+        self._save()
+        self._tick_soon()
+
+    def _save(self) -> None:
+        if self.peers is not None:
+            self.send(self.peers.orchestrator, GuardStateSaved(
+                self.spec.name, {"health": self.health.snapshot(), "breaker": self.breaker.snapshot()}))
+
+    # -- workers -----------------------------------------------------------------------------------------------
 
     def receiveMsg_ChildActorExited(self, message: ChildActorExited, sender: Any) -> None:
         worker = self._worker(message.childAddress)
@@ -119,18 +262,32 @@ class GuardSupervisor(AeyonActor):
             return
         self.workers.remove(worker)
         lost = self.pool.lost(worker.slot)
+        self._return_tokens(worker)
         if self.exiting:
             return
-        self.counters["worker_deaths"] += 1
         self.log.warning("%s: a worker died holding %d calls", self.spec.name, len(lost))
-        self._answer_failed(lost, "upstream_error", "the worker making the call died")
+        self._answer(lost, "upstream_error", "the worker making the call died")
+        if lost:
+            self._transition(self.breaker.record(True, time.monotonic() - worker.started))
+        self.counters["worker_restarts"] += 1
+        self._publish(ACTOR_RESTARTED, {"actor": f"{self.spec.name}/worker-{worker.slot}",
+                                        "actor_class": "GuardWorker", "restarts": self.counters["worker_restarts"]})
+        if not self.intensity.allow():
+            # OTP: a supervisor whose children keep dying stops itself; its own supervisor (the root) decides.
+            self.log.error("%s: workers died more than %d times in %g s; escalating", self.spec.name,
+                           self.intensity.max_restarts, self.intensity.period_s)
+            self.send(self.myAddress, ActorExitRequest())
+            return
+        # Replaced at once, under the same slot (and name), as an OTP supervisor restarts a permanent child.
+        self.pool.open_slot(worker.slot)
+        self.workers.append(_Worker(worker.slot, self.createActor(GuardWorker)))
         self._dispatch()
 
-    def _answer_failed(self, calls: list[CallGuard], code: str, text: str) -> None:
+    def _answer(self, calls: list[CallGuard], code: str, text: str, retry_after: int | None = None) -> None:
         by_entry: dict[str, tuple[Any, list[GuardReplied]]] = {}
         for call in calls:
             by_entry.setdefault(str(call.reply_to), (call.reply_to, []))[1].append(
-                GuardReplied(call.key, call.request_id, code, message=text))
+                GuardReplied(call.key, call.request_id, code, message=text, retry_after=retry_after))
         for entry, replies in by_entry.values():
             self.send(entry, RepliesBatch(tuple(replies)))
 
@@ -145,14 +302,19 @@ class GuardSupervisor(AeyonActor):
     def receiveMsg_HealthChecked(self, message: HealthChecked, sender: Any) -> None:
         first = self.health.checks == 0
         previous = self.health.state
-        if self.health.record(message.state) and self.peers is not None:
-            self.send(self.peers.event_bus, Publish(Event(
-                SERVICE_HEALTH_CHANGED, wallclock(),
-                {"service_name": self.spec.name, "previous": previous, "state": message.state,
-                 "message": message.message},
-                source=self.spec.name)))
-        if (first or previous != message.state) and self.peers is not None:
+        changed = self.health.record(message.state)
+        if changed and self.peers is not None:
+            self._publish(SERVICE_HEALTH_CHANGED, {"service_name": self.spec.name, "previous": previous,
+                                                   "state": message.state, "message": message.message})
+        if message.state in (HEALTHY, DEGRADED):
+            self._transition(self.breaker.health_check_passed())
+        if (first or changed) and self.peers is not None:
             self.send(self.peers.orchestrator, HealthReport(self.spec.name, message.state, first))
+            self._save()
+
+    def _publish(self, event_type: str, data: dict[str, Any]) -> None:
+        if self.peers is not None:
+            self.send(self.peers.event_bus, Publish(Event(event_type, wallclock(), data, source=self.spec.name)))
 
     # -- inspection --------------------------------------------------------------------------------------------
 
@@ -164,13 +326,19 @@ class GuardSupervisor(AeyonActor):
         pool = self.pool
         return {
             "health": self.health.state,
-            "circuit": "closed",
+            "circuit": self.breaker.state,
             "in_flight": pool.in_flight if pool else 0,
             "queued": pool.queued if pool else 0,
             "workers": len(self.workers),
             "workers_busy": pool.busy if pool else 0,
+            "failure_policy": self.policy.failure_policy,
+            "breaker": self.breaker.snapshot(),
             **self.counters,
         }
+
+    def children(self) -> list[tuple[str, Any]]:
+        """The workers, by slot."""
+        return [(f"worker-{w.slot}", w.address) for w in self.workers]
 
     def receiveMsg_ActorExitRequest(self, message: ActorExitRequest, sender: Any) -> None:
         # Children are being stopped with us: their exits must not be answered as failures or replaced.
@@ -179,4 +347,5 @@ class GuardSupervisor(AeyonActor):
             pending = self.pool.drain()
             for worker in self.workers:
                 pending.extend(self.pool.lost(worker.slot))
-            self._answer_failed(pending, "service_unavailable", "the guard is being removed")
+            self._answer(pending, "service_unavailable", f"{self.spec.name if self.spec else 'the guard'} is "
+                                                         "being removed or restarted", retry_after=1)

@@ -1,12 +1,16 @@
 """HealthMonitor: schedules every guard's health checks and runs them on its own workers.
 
 At most ``MAX_CHECKS_IN_FLIGHT`` checks run at once across the system: that is the number of workers it keeps,
-and a check waits until a worker is free (a mailbox and a queue, not a lock). Results go to the guard's
-supervisor, which owns the health state.
+and a check waits until a worker is free (a mailbox and a queue, not a lock). A failed check is tried again
+(``CHECK_ATTEMPTS`` in all, fully jittered exponential backoff) before the guard is reported unhealthy, so one
+lost packet does not take a guard out of service. Results go to the guard's supervisor, which owns the health
+state. An unhealthy guard is checked every ``UNHEALTHY_INTERVAL_S``; a supervisor whose breaker opened asks for
+a check at once (``CheckNow``), and a replaced supervisor gets one at once too.
 """
 
 from __future__ import annotations
 
+import random
 import time
 from collections import deque
 from typing import Any
@@ -15,18 +19,21 @@ from thespian.actors import ActorExitRequest, ChildActorExited, WakeupMessage
 
 from actors.base import AeyonActor
 from actors.health_worker import HealthWorker
-from actors.messages import CheckHealth, HealthChecked
+from actors.messages import CheckHealth, CheckNow, HealthChecked
 from actors.messages.control import Configure, Topology
 from system.guard_client import UNHEALTHY
+from system.retry import RetryPolicy
 from system.routing import health_url
 
 MAX_CHECKS_IN_FLIGHT = 10
 # A guard that failed is checked more often, so it gets traffic back soon after it recovers.
 UNHEALTHY_INTERVAL_S = 5.0
+CHECK_ATTEMPTS = 3
+CHECK_RETRY = RetryPolicy(max_attempts=CHECK_ATTEMPTS, base_s=0.2, cap_s=2.0)
 
 
 class _Target:
-    __slots__ = ("due", "name", "running", "supervisor", "url")
+    __slots__ = ("attempt", "due", "name", "running", "supervisor", "url")
 
     def __init__(self, name: str, url: str, supervisor: Any, due: float):
         self.name = name
@@ -34,6 +41,7 @@ class _Target:
         self.supervisor = supervisor
         self.due = due
         self.running = False
+        self.attempt = 0
 
 
 class HealthMonitor(AeyonActor):
@@ -50,6 +58,7 @@ class HealthMonitor(AeyonActor):
         self.exiting = False
         self.checks = 0
         self._next_id = 1
+        self._rng = random.Random()
 
     def receiveMsg_Configure(self, message: Configure, sender: Any) -> None:
         self.settings = message.settings
@@ -64,7 +73,9 @@ class HealthMonitor(AeyonActor):
             url = health_url(service.spec.url)
             old = self.targets.get(name)
             if old is not None and old.url == url:
-                old.supervisor = service.supervisor
+                if old.supervisor != service.supervisor:
+                    old.supervisor = service.supervisor
+                    old.due = now  # a replacement supervisor: check at once
                 current[name] = old
             else:
                 current[name] = _Target(name, url, service.supervisor, now)
@@ -120,12 +131,24 @@ class HealthMonitor(AeyonActor):
         target = self.targets.get(message.service)
         if target is not None:
             target.running = False
-            interval = self.settings.health_interval_s
-            if message.state == UNHEALTHY:
-                interval = min(interval, UNHEALTHY_INTERVAL_S)
-            target.due = time.monotonic() + interval
-            self.send(target.supervisor, message)
+            now = time.monotonic()
+            target.attempt += 1
+            if message.state == UNHEALTHY and target.attempt < CHECK_ATTEMPTS:
+                target.due = now + CHECK_RETRY.backoff_s(target.attempt - 1, self._rng)
+            else:
+                interval = self.settings.health_interval_s
+                if message.state == UNHEALTHY:
+                    interval = min(interval, UNHEALTHY_INTERVAL_S)
+                target.due = now + interval
+                target.attempt = 0
+                self.send(target.supervisor, message)
         self._run_due()
+
+    def receiveMsg_CheckNow(self, message: CheckNow, sender: Any) -> None:
+        target = self.targets.get(message.service)
+        if target is not None and not target.running:
+            target.due = time.monotonic()
+            self._run_due()
 
     def _release(self, worker: Any) -> str | None:
         for i, (address, name) in enumerate(self.busy):
@@ -149,6 +172,10 @@ class HealthMonitor(AeyonActor):
 
     def receiveMsg_ActorExitRequest(self, message: ActorExitRequest, sender: Any) -> None:
         self.exiting = True
+
+    def children(self) -> list[tuple[str, Any]]:
+        """The health workers."""
+        return [(f"health-worker-{i}", a) for i, a in enumerate(self.idle + [a for a, _ in self.busy])]
 
     def state(self) -> dict[str, Any]:
         """For inspection."""

@@ -13,11 +13,12 @@ import time
 from typing import Any
 
 import attrs
-from thespian.actors import ActorExitRequest, ThespianWatch, WakeupMessage, WatchMessage
+from thespian.actors import ActorExitRequest, PoisonMessage, ThespianWatch, WakeupMessage, WatchMessage
 
 from actors.base import AeyonActor
 from actors.messages import (
     CallAccepted,
+    CallBatch,
     DescribeService,
     Event,
     EventsInterest,
@@ -34,15 +35,26 @@ from actors.messages import (
     ServiceUnregistered,
     UnregisterService,
 )
-from actors.messages.control import Configure, Readiness, Refused, ShimListening
+from actors.messages.control import (
+    ActorDescription,
+    ActorTree,
+    Configure,
+    DescribeActor,
+    DescribeTree,
+    Readiness,
+    Refused,
+    ShimListening,
+)
 from actors.messages.dataplane import GuardReplied
 from actors.messages.events import REQUEST_FAILED, REQUEST_ROUTED, RegisterPublisher
 from system.admin_auth import admin_refusal
 from system.dispatch import Dispatcher, Pending
-from system.envelope import error_body, error_status, json_body, response_headers, success_body
+from system.envelope import degraded_body, error_body, error_status, json_body, response_headers, success_body
 from system.errors import RequestError
 from system.http_server import HttpLimits, HttpRequest, HttpServer
 from system.ops import CONTROL_TIMEOUT_S, LISTING_TIMEOUT_S, Op, OpsTable, registry_answer, services_view
+from system.policy import DEGRADABLE_CODES, FAIL_OPEN
+from system.tree import TreeWalk
 from system.validation import (
     new_request_id,
     parse_json_object,
@@ -52,6 +64,9 @@ from system.validation import (
 )
 
 SWEEP_INTERVAL_S = 1.0
+# /v1/actors answers within a second even when an actor is stuck (it is shown as unresponsive).
+TREE_TIMEOUT_S = 0.8
+ROOT_NAME = "aeyon-orchestrator"
 
 
 class HttpShim(AeyonActor):
@@ -69,6 +84,7 @@ class HttpShim(AeyonActor):
         self.interest: frozenset[str] = frozenset()
         self.events: list[Event] = []
         self.ops = OpsTable()
+        self.walks: list[tuple[TreeWalk, Any, str]] = []
         self.described: dict[str, dict[str, Any]] = {}
         self.timer_at: float | None = None
         self.next_sweep = 0.0
@@ -114,7 +130,8 @@ class HttpShim(AeyonActor):
         if not first:
             return
         settings = message.settings
-        self.dispatcher = Dispatcher(self.myAddress, max(1, settings.max_in_flight // settings.shims))
+        self.dispatcher = Dispatcher(self.myAddress, max(1, settings.max_in_flight // settings.shims),
+                                     max(1, settings.max_in_flight_per_guard // settings.shims))
         server = HttpServer(HttpLimits(), self._protocol_error)
         try:
             host, port = server.listen(settings.host, settings.port)
@@ -152,6 +169,9 @@ class HttpShim(AeyonActor):
             self.next_sweep = now + SWEEP_INTERVAL_S
         for op in self.ops.expired():
             self._finish_op(op)
+        for entry in [w for w in self.walks if w[0].deadline <= now]:
+            self.walks.remove(entry)
+            self._finish_walk(*entry)
 
     def _arm_timer(self) -> None:
         if self.server is None or self.dispatcher is None:
@@ -163,6 +183,8 @@ class HttpShim(AeyonActor):
         ops_due = self.ops.next_deadline()
         if ops_due is not None:
             due = min(due, ops_due)
+        for walk, _, _ in self.walks:
+            due = min(due, walk.deadline)
         # Timers cannot be cancelled: arm one only when it is earlier than the one pending (stale ones are ignored).
         if self.timer_at is None or due < self.timer_at:
             self.timer_at = due
@@ -197,6 +219,18 @@ class HttpShim(AeyonActor):
         for reply in message.replies:
             self._answer_reply(reply)
 
+    def receiveMsg_PoisonMessage(self, message: PoisonMessage, sender: Any) -> None:
+        # A batch that made its supervisor fail twice comes back here: a bug, but its callers still get their
+        # one answer, now, and the guard's credit is released.
+        batch = message.poisonMessage
+        if isinstance(batch, CallBatch) and self.dispatcher is not None:
+            self.log.error("a supervisor failed on a batch for %s:\n%s", batch.service, message.details)
+            self.dispatcher.accepted(batch.service, batch.batch_id)
+            for call in batch.calls:
+                pending = self.dispatcher.finish(call.key)
+                if pending is not None:
+                    self._answer_error(pending, "internal_error", "the orchestrator failed on this request")
+
     def receiveMsg_RepliesBatch(self, message: RepliesBatch, sender: Any) -> None:
         for reply in message.replies:
             self._answer_reply(reply)
@@ -230,11 +264,20 @@ class HttpShim(AeyonActor):
         self.counters["answered"] += 1
         duration_ms = (time.monotonic() - pending.started) * 1000.0
         status = error_status(code, guard_status)
+        route = self.dispatcher.routes.get(pending.service) if self.dispatcher else None
+        degrade = route is not None and route.failure_policy == FAIL_OPEN and code in DEGRADABLE_CODES
         if REQUEST_FAILED in self.interest:
             self.events.append(Event(REQUEST_FAILED, time.time(), {
                 "request_id": pending.request_id, "service_name": pending.service, "code": code,
                 "duration_ms": duration_ms}))
-        if isinstance(pending.origin, int):
+        if degrade and isinstance(pending.origin, int):
+            body = degraded_body(pending.request_id, pending.service, code, message, duration_ms)
+            self._respond(pending.origin, 200, response_headers(pending.request_id), body)
+        elif degrade:
+            self.send(pending.origin, OrchestrationResult(
+                pending.request_id, pending.service, "success", error_code=code, error_message=message,
+                duration_ms=duration_ms, degraded=True))
+        elif isinstance(pending.origin, int):
             body = error_body(pending.request_id, pending.service, code, message, raw_detail)
             self._respond(pending.origin, status, response_headers(pending.request_id, code, retry_after), body)
         else:
@@ -293,6 +336,10 @@ class HttpShim(AeyonActor):
             if method == "POST":
                 return self._register_http(request, request_id)
             return self._method_not_allowed(request, request_id, "GET, POST")
+        if path == "/v1/actors":
+            if method not in ("GET", "HEAD"):
+                return self._method_not_allowed(request, request_id, "GET")
+            return self._walk_tree(request.conn_id, request_id)
         if path.startswith("/v1/services/"):
             if method != "DELETE":
                 return self._method_not_allowed(request, request_id, "DELETE")
@@ -412,6 +459,34 @@ class HttpShim(AeyonActor):
         if reply is None:
             reply = Refused(op.request_id, "service_unavailable", "the registry did not answer")
         self.send(op.origin, attrs.evolve(reply, request_id=op.request_id))
+
+    # -- the live actor tree -----------------------------------------------------------------------------------
+
+    def _walk_tree(self, origin: Any, request_id: str) -> None:
+        walk = TreeWalk(ROOT_NAME, self.peers.orchestrator, time.monotonic() + TREE_TIMEOUT_S)
+        self.walks.append((walk, origin, request_id))
+        for question, address in walk.start():
+            self.send(address, DescribeActor(question))
+
+    def receiveMsg_DescribeTree(self, message: DescribeTree, sender: Any) -> None:
+        self._walk_tree(sender, message.request_id)
+
+    def receiveMsg_ActorDescription(self, message: ActorDescription, sender: Any) -> None:
+        for entry in self.walks:
+            walk = entry[0]
+            if walk.owns(message.request_id):
+                for question, address in walk.described(message):
+                    self.send(address, DescribeActor(question))
+                if walk.done:
+                    self.walks.remove(entry)
+                    self._finish_walk(*entry)
+                return
+
+    def _finish_walk(self, walk: TreeWalk, origin: Any, request_id: str) -> None:
+        if isinstance(origin, int):
+            self._respond(origin, 200, response_headers(request_id), json_body(walk.result()))
+        else:
+            self.send(origin, ActorTree(request_id, walk.result()))
 
     # -- the actor protocol's entry ----------------------------------------------------------------------------
 

@@ -43,6 +43,8 @@ from actors.messages import (
 from actors.messages.control import (
     Configure,
     ConfigureGuard,
+    DescribeTree,
+    GuardStateSaved,
     HealthReport,
     Peers,
     Readiness,
@@ -55,8 +57,10 @@ from actors.messages.control import (
     SupervisedService,
     Topology,
 )
+from actors.messages.events import ACTOR_RESTARTED, ARCHITECTURE_REVIEW_REQUESTED, Event, Publish
 from actors.rate_limiter import RateLimiter
 from actors.router import Router
+from system.clock import wallclock
 from system.restart import RestartIntensity
 
 START_TIMEOUT_S = 15.0
@@ -79,11 +83,12 @@ class _Shim:
 
 
 class _Guard:
-    __slots__ = ("address", "spec")
+    __slots__ = ("address", "saved", "spec")
 
     def __init__(self, spec: ServiceSpec, address: Any):
         self.spec = spec
         self.address = address
+        self.saved: dict[str, Any] | None = None
 
 
 class Orchestrator(AeyonActor):
@@ -118,6 +123,7 @@ class Orchestrator(AeyonActor):
                 self.send(sender, StartFailed(message.request_id, "the orchestrator is already starting"))
             return
         self.settings = message.settings
+        self.intensity = RestartIntensity(self.settings.restart_max, self.settings.restart_period_s)
         self.starter = (sender, message.request_id)
         self.configured = set(self.settings.guard_urls)
         self.initialized = self.settings.disable_health_checks or not self.configured
@@ -211,7 +217,7 @@ class Orchestrator(AeyonActor):
             return
         child = message.childAddress
         role = next((r for r, a in self.control.items() if a == child), None)
-        shim = next((s for s in self.shims if s.address == child), None)
+        shim = next((i for i, s in enumerate(self.shims) if s.address == child), None)
         guard = next((g for g in self.guards.values() if g.address == child), None)
         if role is None and shim is None and guard is None:
             return  # a supervisor we stopped on purpose
@@ -220,25 +226,38 @@ class Orchestrator(AeyonActor):
             return
         self.restarts += 1
         if role is not None:
-            self.log.warning("%s died; restarting it", role)
-            self.control[role] = self.createActor(CONTROL_ACTORS[role])
-            peers = self.peers()
-            if role == "discovery":
-                self.send(self.control[role], RestoreRegistry(self.registry, peers))
-            else:
-                self.send(self.control[role], Configure(self.settings, peers))
-            self._push_peers(peers, skip=self.control[role])
-            self._push_topology()
+            self._restart_control(role)
         elif shim is not None:
-            self.log.warning("an HTTP shim died; restarting it")
-            shim.address = self.createActor(HttpShim)
-            shim.listening = False
-            self.send(shim.address, Configure(self.settings, self.peers()))
+            self._restart_shim(shim)
         elif guard is not None:
-            self.log.warning("the supervisor of %s died; restarting it", guard.spec.name)
-            guard.address = self.createActor(GuardSupervisor)
-            self.send(guard.address, ConfigureGuard(guard.spec, self.settings, self.peers()))
-            self._push_topology()
+            self._restart_guard(guard)
+
+    def _restart_control(self, role: str) -> None:
+        self.log.warning("%s died; restarting it", role)
+        self.control[role] = self.createActor(CONTROL_ACTORS[role])
+        peers = self.peers()
+        if role == "discovery":
+            self.send(self.control[role], RestoreRegistry(self.registry, peers))
+        else:
+            self.send(self.control[role], Configure(self.settings, peers))
+        self._push_peers(peers, skip=self.control[role])
+        self._push_topology()
+        self._publish(ACTOR_RESTARTED, {"actor": role, "restarts": self.restarts})
+
+    def _restart_shim(self, index: int) -> None:
+        self.log.warning("HTTP shim %d died; restarting it", index)
+        shim = self.shims[index]
+        shim.address = self.createActor(HttpShim)
+        shim.listening = False
+        self.send(shim.address, Configure(self.settings, self.peers()))
+        self._publish(ACTOR_RESTARTED, {"actor": f"http_shim-{index}", "restarts": self.restarts})
+
+    def _restart_guard(self, guard: _Guard) -> None:
+        self.log.warning("the supervisor of %s died; restarting it", guard.spec.name)
+        guard.address = self.createActor(GuardSupervisor)
+        self.send(guard.address, ConfigureGuard(guard.spec, self.settings, self.peers(), guard.saved))
+        self._push_topology()
+        self._publish(ACTOR_RESTARTED, {"actor": guard.spec.name, "restarts": self.restarts})
 
     def _push_peers(self, peers: Peers, skip: Any) -> None:
         configure = Configure(self.settings, peers)
@@ -250,10 +269,35 @@ class Orchestrator(AeyonActor):
         for guard in self.guards.values():
             self.send(guard.address, ConfigureGuard(guard.spec, self.settings, peers))
 
+    def receiveMsg_GuardStateSaved(self, message: GuardStateSaved, sender: Any) -> None:
+        guard = self.guards.get(message.service)
+        if guard is not None and guard.address == sender:
+            guard.saved = message.state
+
+    def _publish(self, event_type: str, data: dict[str, Any]) -> None:
+        bus = self.control.get("event_bus")
+        if bus is not None:
+            self.send(bus, Publish(Event(event_type, wallclock(), data, source="orchestrator")))
+
     def _escalate(self, reason: str) -> None:
         self.log.critical("restart intensity exceeded (%s): stopping the orchestrator", reason)
+        self._publish(ARCHITECTURE_REVIEW_REQUESTED, {"reason": f"restart intensity exceeded: {reason}"})
         if self.watcher is not None:
             self.send(self.watcher, ShutdownRequested("escalation", f"restart intensity exceeded: {reason}"))
+
+    # -- inspection --------------------------------------------------------------------------------------------
+
+    def children(self) -> list[tuple[str, Any]]:
+        """Control actors by role, shims, and guard supervisors by service name."""
+        out = list(self.control.items())
+        out += [(f"http_shim-{i}", shim.address) for i, shim in enumerate(self.shims)]
+        out += [(name, guard.address) for name, guard in sorted(self.guards.items())]
+        return out
+
+    def state(self) -> dict[str, Any]:
+        """For inspection."""
+        return {"started": self.started, "initialized": self.initialized, "restarts": self.restarts,
+                "services": len(self.registry), "watched": self.watcher is not None}
 
     # -- requests that arrive at the root ----------------------------------------------------------------------
 
@@ -287,6 +331,9 @@ class Orchestrator(AeyonActor):
             self.send(sender, Refused(message.request_id, "service_unavailable", "the orchestrator is not started"))
             return
         self.send(self._entry(), Relay(message, sender))
+
+    def receiveMsg_DescribeTree(self, message: DescribeTree, sender: Any) -> None:
+        self._relay_to_entry(message, sender)
 
     def receiveMsg_DescribeEntry(self, message: DescribeEntry, sender: Any) -> None:
         self.send(sender, EntryDescribed(message.request_id, tuple(s.address for s in self.shims if s.listening)))

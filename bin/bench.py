@@ -1,21 +1,40 @@
-"""Benchmark of the HTTP shim in front of a fast local guard, next to the same load sent straight to the guard.
+"""Benchmark of the HTTP shim in front of a fast local guard, next to the same load sent straight to the guard;
+then the same load while another guard hangs (isolation), and the answers while a guard's breaker is open (fail-fast).
 
 Run it as ``bin/bench`` (which prepares the project's virtual environment first). It
 
 1. finds ``wrk`` (the load generator) and ``nginx`` (the guard); when one is missing and this runs as root with
    apt-get, it installs the Debian package (without letting the package start a system service), else it exits 2
    saying how to install it;
-2. starts nginx in the foreground on a free loopback port with a throw-away configuration: it answers every request
-   with a fixed tokenguard verdict, so the guard costs next to nothing and the figures are the orchestrator's;
-3. starts ``aeyon serve`` with a clean environment routing ``tokenguard`` to that nginx, on free ports, and waits
-   for ``GET /ready``;
-4. runs wrk with keep-alive connections POSTing JSON for a fixed time, after a short unreported warm-up: first
+2. starts nginx in the foreground with a throw-away configuration and two servers on free loopback ports: one
+   answers every request with a fixed tokenguard verdict, so the guard costs next to nothing and the figures are
+   the orchestrator's; the other (biasguard) answers ``GET /health`` 200 and everything else 500;
+3. starts a hung guard in a thread of its own (stdlib ``selectors``): it answers ``GET /health`` 200 healthy and
+   reads every other request without ever answering it;
+4. starts ``aeyon serve`` with a clean environment routing ``tokenguard`` to the fast nginx, ``trustguard`` to the
+   hung guard and ``biasguard`` to the failing nginx (``AEYON_BREAKER_OPEN=5``), on free ports, and waits for
+   ``GET /ready``;
+5. runs wrk with keep-alive connections POSTing JSON for a fixed time, after a short unreported warm-up: first
    straight to nginx (``POST /scan``), then through the shim (``POST /v1/orchestrate``), sampling the CPU time of
    the server's processes before and after each run;
-5. prints requests/s, p50 and p99 latency, errors (non-2xx answers plus socket errors) and CPU milliseconds per
-   request for both runs as a table on stdout (and as JSON with ``--json PATH``);
-6. always stops the orchestrator (``aeyon stop``, then kills any process still carrying this run's tag) and nginx,
-   and removes its temporary directory, also on Ctrl-C, SIGTERM or an error.
+6. isolation: through the shim to tokenguard again (baseline), then the same while a second wrk (its own process,
+   16 connections, ``"timeout": 2``) calls trustguard; that load starts before the measured run (at least 1 s
+   before, and not before the hung guard has received a call) and is stopped (SIGINT) after it. It reports the
+   tokenguard figures, their ratio to the baseline, and what the hung guard's callers got (by status and error
+   code, counted in wrk's Lua ``response`` callback);
+7. fail-fast: trips biasguard's breaker with sequential requests until one is answered ``circuit_open`` (at most 50),
+   then runs wrk (8 connections, no warm-up) through the shim to biasguard and reports p50/p99 and the answers by
+   status and error code: 503 ``circuit_open`` is the expected answer, 502 from a failing half-open probe too;
+8. prints requests/s, p50 and p99 latency, errors and CPU milliseconds per request of every run as a table on
+   stdout, with notes for the isolation and fail-fast rows (and everything as JSON with ``--json PATH``);
+9. always stops the second wrk, the orchestrator (``aeyon stop``, then kills any process still carrying this run's
+   tag), the hung guard's thread and nginx, and removes its temporary directory, also on Ctrl-C, SIGTERM or an
+   error.
+
+Errors are non-2xx answers plus socket errors, except where an answer is the expected one: in the fail-fast run 502
+and 503 are not errors, and for the hung guard's callers 503 and 504 are not (their figures are not a table row,
+but an unexpected status or a socket error there counts like an error in a row). Every run through the shim counts
+its answers by status and error code, and a run with errors lists them.
 
 The rate limit (SECURITY_MAX_REQUESTS_PER_MINUTE) is set to its maximum: every wrk connection comes from the same
 loopback address, and the point is to measure the request path, not to watch the limiter refuse.
@@ -38,6 +57,7 @@ import json
 import os
 import platform
 import re
+import selectors
 import shlex
 import shutil
 import signal
@@ -46,8 +66,10 @@ import string
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -72,6 +94,21 @@ WRK_REQUEST_TIMEOUT = "10s"  # wrk counts a request slower than this as a socket
 WRK_GRACE_S = 60  # how long wrk may overrun its duration before it is killed
 LOG_TAIL_LINES = 40
 
+# Isolation: a second wrk calls the hung guard (trustguard) while tokenguard is measured.
+HUNG_CONNECTIONS = 16
+HUNG_TIMEOUT_S = 2  # the hung guard's callers' request timeout: the orchestrator answers 504 at its end
+HUNG_LEAD_S = 1.0  # that load starts at least this long before the measured run ...
+HUNG_REACH_TIMEOUT_S = 10.0  # ... and not before the hung guard has received a call (within this long)
+HUNG_EXPECTED = (503, 504)  # what its callers may get: upstream_timeout, then circuit_open
+LOAD_STOP_TIMEOUT_S = 10.0  # wrk's exit after SIGINT
+HUNG_GUARD_STOP_TIMEOUT_S = 5.0  # the hung guard's thread
+HUNG_GUARD_MAX_HEAD = 64 * 1024  # a request head longer than this closes the connection
+# Fail-fast: biasguard answers 500; its breaker is tripped, then measured while open.
+BREAKER_OPEN_S = "5"  # AEYON_BREAKER_OPEN: the first open period
+FAIL_CONNECTIONS = 8
+TRIP_MAX_TRIES = 50
+FAIL_EXPECTED = (502, 503)  # circuit_open, and upstream_error from a half-open probe that fails
+
 TAG_VAR = "AEYON_BENCH_TAG"
 MAX_RATE_LIMIT = "10000000"  # SECURITY_MAX_REQUESTS_PER_MINUTE's largest accepted value
 ORCHESTRATOR_PREFIXES = ("AEYON_", "SECURITY_", "GUARDIAN_")
@@ -83,6 +120,9 @@ DIRECT_PATH = "/scan"
 DIRECT_BODY = '{"text": "hello world"}'
 SHIM_PATH = "/v1/orchestrate"
 SHIM_BODY = '{"service": "tokenguard", "payload": {"text": "hello world"}}'
+HUNG_BODY = f'{{"service": "trustguard", "payload": {{"text": "x"}}, "timeout": {HUNG_TIMEOUT_S}}}'
+FAIL_BODY = '{"service": "biasguard", "payload": {"text": "x"}}'
+FAIL_ANSWER = '{"error":"bin/bench: this guard fails on purpose"}'
 
 NGINX_CONF = string.Template("""\
 worker_processes 1;
@@ -105,6 +145,11 @@ http {
         location = /health { default_type application/json; return 200 '$health'; }
         location / { default_type application/json; return 200 '$verdict'; }
     }
+    server {
+        listen 127.0.0.1:$fail_port;
+        location = /health { default_type application/json; return 200 '$health'; }
+        location / { default_type application/json; return 500 '$failure'; }
+    }
 }
 """)
 
@@ -115,6 +160,47 @@ wrk.headers["Content-Type"] = "application/json"
 wrk.body = [==[$body]==]
 """)
 
+COUNTING_WRK_SCRIPT = string.Template("""\
+-- Written by bin/bench: POST the same JSON body on every request; count the answers by status and, for an
+-- error, the orchestrator's error code; print the counts when done ("bench-status STATUS [CODE] COUNT").
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.body = [==[$body]==]
+
+local threads = {}
+
+function setup(thread)
+  table.insert(threads, thread)
+end
+
+function init(args)
+  counts = {}
+end
+
+function response(status, headers, body)
+  local key = tostring(status)
+  if status >= 300 and body then
+    local code = string.match(body, '"code"%s*:%s*"([%w_]+)"')
+    if code then
+      key = key .. " " .. code
+    end
+  end
+  counts[key] = (counts[key] or 0) + 1
+end
+
+function done(summary, latency, requests)
+  local total = {}
+  for _, thread in ipairs(threads) do
+    for key, count in pairs(thread:get("counts") or {}) do
+      total[key] = (total[key] or 0) + count
+    end
+  end
+  for key, count in pairs(total) do
+    io.write(string.format("bench-status %s %d\\n", key, count))
+  end
+end
+""")
+
 TIME_UNITS_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0, "h": 3_600_000.0}
 DURATION_UNITS_S = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 WRK_REQUESTS = re.compile(r"^\s*(\d+) requests in ([\d.]+)(us|ms|s|m|h),", re.MULTILINE)
@@ -122,6 +208,8 @@ WRK_RATE = re.compile(r"^Requests/sec:\s+([\d.]+)", re.MULTILINE)
 WRK_NON_2XX = re.compile(r"^\s*Non-2xx or 3xx responses:\s+(\d+)", re.MULTILINE)
 WRK_SOCKET = re.compile(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)")
 WRK_PERCENTILE = r"^\s*{}(?:\.0+)?%\s+([\d.]+)(us|ms|s|m|h)\s*$"
+WRK_STATUS = re.compile(r"^bench-status (\d{3}(?: \w+)?) (\d+)$", re.MULTILINE)
+HTTP_CONTENT_LENGTH = re.compile(rb"^content-length:[ \t]*(\d+)[ \t]*$", re.IGNORECASE | re.MULTILINE)
 
 
 class BenchError(Exception):
@@ -146,18 +234,21 @@ class Settings:
     smoke: bool
     json_path: Path | None
     compare_entry: bool = False
+    faults: bool = True  # the isolation and fail-fast measurements
 
     def command(self) -> str:
         """The command line that reproduces these settings."""
         if self.smoke:
-            return (f"bin/bench --smoke (duration {self.duration_s} s, {self.connections} connections, "
-                    f"{self.threads} thread{'s' if self.threads != 1 else ''}, "
+            return (f"bin/bench --smoke{'' if self.faults else ' --no-faults'} (duration {self.duration_s} s, "
+                    f"{self.connections} connections, {self.threads} thread{'s' if self.threads != 1 else ''}, "
                     f"{'no warm-up' if not self.warmup_s else f'warm-up {self.warmup_s} s'})")
         line = f"bin/bench --duration {self.duration_s} --connections {self.connections} --threads {self.threads}"
         if self.warmup_s != DEFAULT_WARMUP_S:
             line += f" --warmup {self.warmup_s}"
         if self.compare_entry:
             line += " --compare-entry"
+        if not self.faults:
+            line += " --no-faults"
         return line
 
 
@@ -167,7 +258,12 @@ def parse_args(argv: Sequence[str] | None) -> Settings:
         prog="bin/bench",
         description="Drive the HTTP shim with concurrent keep-alive clients (wrk) against a fast local guard "
                     "(nginx) for a fixed time, and print req/s, p50, p99, errors and CPU per request, next to the "
-                    "same load sent straight to the guard.")
+                    "same load sent straight to the guard. Then two fault measurements (skip them with "
+                    "--no-faults): isolation, the same load through the shim without and with a second guard "
+                    "hung (a bench-made server that never answers, called by a second wrk with "
+                    f"{HUNG_CONNECTIONS} connections and a {HUNG_TIMEOUT_S} s timeout); and fail-fast, p50/p99 "
+                    f"of a guard whose circuit breaker is open ({FAIL_CONNECTIONS} connections, "
+                    f"AEYON_BREAKER_OPEN={BREAKER_OPEN_S}), where 503 circuit_open is the expected answer.")
     parser.add_argument("--duration", type=_positive_int, metavar="S",
                         help=f"seconds per measured run (default {DEFAULT_DURATION_S}; --smoke: {SMOKE_DURATION_S})")
     parser.add_argument("--connections", type=_positive_int, metavar="N",
@@ -183,6 +279,8 @@ def parse_args(argv: Sequence[str] | None) -> Settings:
     parser.add_argument("--compare-entry", action="store_true",
                         help="also measure the alternative HTTP entry (bin/threaded_entry.py: a threaded stdlib "
                              "server calling the orchestrator through the Python gateway)")
+    parser.add_argument("--no-faults", dest="faults", action="store_false",
+                        help="skip the isolation (one guard hung) and fail-fast (breaker open) measurements")
     args = parser.parse_args(argv)
     settings = Settings(
         duration_s=_first(args.duration, SMOKE_DURATION_S if args.smoke else DEFAULT_DURATION_S),
@@ -192,6 +290,7 @@ def parse_args(argv: Sequence[str] | None) -> Settings:
         smoke=args.smoke,
         json_path=args.json,
         compare_entry=args.compare_entry,
+        faults=args.faults,
     )
     if settings.connections < settings.threads:
         parser.error("--connections must be at least --threads (each wrk thread needs a connection)")
@@ -430,10 +529,11 @@ def _answers(process: subprocess.Popen[bytes], port: int, path: str, what: str, 
 
 @dataclass
 class Guard:
-    """The nginx standing in for a guard."""
+    """The nginx standing in for a guard (``port``) and for a failing guard (``fail_port``)."""
 
     process: subprocess.Popen[bytes]
     port: int
+    fail_port: int
     error_log: Path
 
     def pids(self) -> list[int]:
@@ -443,20 +543,24 @@ class Guard:
 
 @contextlib.contextmanager
 def guard_running(nginx: str, workdir: Path) -> Iterator[Guard]:
-    """Start nginx as the guard on a free loopback port, wait until it answers, and always stop it."""
-    port = free_port()
+    """Start nginx as the guard and the failing guard on free loopback ports, wait until both answer, and always
+    stop it."""
+    port, fail_port = free_port(), free_port()
     tmp = workdir / "nginx"
     tmp.mkdir()
     conf = tmp / "nginx.conf"
-    conf.write_text(NGINX_CONF.substitute(tmp=tmp, port=port, health=GUARD_HEALTH, verdict=GUARD_VERDICT))
+    conf.write_text(NGINX_CONF.substitute(tmp=tmp, port=port, fail_port=fail_port, health=GUARD_HEALTH,
+                                          verdict=GUARD_VERDICT, failure=FAIL_ANSWER))
     error_log = tmp / "error.log"
     output = tmp / "output.log"
     process = spawn([nginx, "-p", f"{tmp}/", "-c", str(conf), "-e", str(error_log)], env=None, log_path=output)
     try:
-        guard = Guard(process, port, error_log)
-        if not wait_for(lambda: _answers(process, port, "/health", "nginx", output), NGINX_START_TIMEOUT_S):
-            raise BenchError(f"bench: nginx did not answer on 127.0.0.1:{port} within {NGINX_START_TIMEOUT_S:g} s; "
-                             f"its error log:\n{log_tail(error_log)}")
+        guard = Guard(process, port, fail_port, error_log)
+        for listening in (port, fail_port):
+            if not wait_for(functools.partial(_answers, process, listening, "/health", "nginx", output),
+                            NGINX_START_TIMEOUT_S):
+                raise BenchError(f"bench: nginx did not answer on 127.0.0.1:{listening} within "
+                                 f"{NGINX_START_TIMEOUT_S:g} s; its error log:\n{log_tail(error_log)}")
         yield guard
     finally:
         with signals_deferred():
@@ -476,6 +580,166 @@ def stop_nginx(process: subprocess.Popen[bytes]) -> None:
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
     process.wait()
+
+
+# -------------------------------------------------------------------------------------------------- the hung guard
+
+
+class HungGuard:
+    """A guard that hangs: a loopback HTTP/1.1 server in a thread of this process (stdlib ``selectors``). It answers
+    a request whose line starts with ``GET /health`` with 200 and a healthy verdict (keeping the connection open),
+    so the orchestrator sends it traffic; any other request it reads and never answers, and from then on it only
+    reads and discards what comes on that connection until the client closes it."""
+
+    def __init__(self) -> None:
+        self._selector = selectors.DefaultSelector()
+        self._listener = socket.socket()
+        self._wake_in, self._wake_out = socket.socketpair()
+        self._thread = threading.Thread(target=self._serve, name="bench-hung-guard", daemon=True)
+        self._heads: dict[socket.socket, bytearray] = {}  # per open connection: what it sent, not yet a request
+        self._holding: set[socket.socket] = set()  # connections with a request that is never answered
+        self.port = 0
+        self.health_answered = 0
+        self.calls_held = 0  # requests received and never answered, in all
+        self.failure: str | None = None  # why the thread ended, if it was not stopped
+
+    @property
+    def holding(self) -> int:
+        """Connections that carry an unanswered request now."""
+        return len(self._holding)
+
+    @property
+    def alive(self) -> bool:
+        """Whether the server's thread is running."""
+        return self._thread.is_alive()
+
+    def start(self) -> None:
+        """Listen on a free loopback port and start serving in the thread."""
+        self._listener.bind(("127.0.0.1", 0))
+        self._listener.listen(128)
+        self._listener.setblocking(False)
+        self.port = int(self._listener.getsockname()[1])
+        self._wake_in.setblocking(False)
+        self._selector.register(self._listener, selectors.EVENT_READ)
+        self._selector.register(self._wake_in, selectors.EVENT_READ)
+        self._thread.start()
+
+    def stop(self) -> str | None:
+        """Stop the thread and close every socket; a problem, if any."""
+        problem = None
+        if self._thread.is_alive():
+            with contextlib.suppress(OSError):
+                self._wake_out.send(b"\0")
+            self._thread.join(HUNG_GUARD_STOP_TIMEOUT_S)
+            if self._thread.is_alive():
+                problem = f"the hung guard's thread did not stop within {HUNG_GUARD_STOP_TIMEOUT_S:g} s"
+        if self.failure:
+            problem = f"the hung guard failed: {self.failure}"
+        for conn in list(self._heads):
+            self._drop(conn)
+        self._selector.close()
+        for sock in (self._listener, self._wake_in, self._wake_out):
+            sock.close()
+        return problem
+
+    def _serve(self) -> None:
+        try:
+            self._loop()
+        except Exception as exc:  # reported by stop() and by the checks that wait on the thread
+            self.failure = f"{type(exc).__name__}: {exc}"
+
+    def _loop(self) -> None:
+        while True:
+            for key, _ in self._selector.select():
+                if key.fileobj is self._wake_in:
+                    return
+                if key.fileobj is self._listener:
+                    self._accept()
+                else:
+                    assert isinstance(key.fileobj, socket.socket)
+                    self._read(key.fileobj)
+
+    def _accept(self) -> None:
+        try:
+            conn, _ = self._listener.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        conn.setblocking(False)
+        self._heads[conn] = bytearray()
+        self._selector.register(conn, selectors.EVENT_READ)
+
+    def _read(self, conn: socket.socket) -> None:
+        try:
+            data = conn.recv(65536)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._drop(conn)
+            return
+        if conn in self._holding:
+            return  # hung: what follows is read and dropped
+        buffer = self._heads[conn]
+        buffer += data
+        while conn not in self._holding:
+            end = buffer.find(b"\r\n\r\n")
+            if end < 0:
+                if len(buffer) > HUNG_GUARD_MAX_HEAD:
+                    self._drop(conn)
+                return
+            if not buffer.startswith(b"GET /health"):
+                self._holding.add(conn)
+                self.calls_held += 1
+                buffer.clear()
+                return
+            length = HTTP_CONTENT_LENGTH.search(buffer, 0, end)
+            size = end + 4 + (int(length.group(1)) if length else 0)
+            if len(buffer) < size:
+                return
+            del buffer[:size]
+            answer = GUARD_HEALTH.encode()
+            try:
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                             b"Content-Length: %d\r\n\r\n%s" % (len(answer), answer))
+            except OSError:
+                self._drop(conn)
+                return
+            self.health_answered += 1
+
+    def _drop(self, conn: socket.socket) -> None:
+        with contextlib.suppress(KeyError, ValueError):
+            self._selector.unregister(conn)
+        self._heads.pop(conn, None)
+        self._holding.discard(conn)
+        conn.close()
+
+
+@contextlib.contextmanager
+def hung_guard_running(problems: list[str]) -> Iterator[HungGuard]:
+    """Start the hung guard, check that it answers ``GET /health``, and always stop it; a problem while stopping
+    is appended to ``problems``."""
+    guard = HungGuard()
+    try:
+        guard.start()
+        if not wait_for(lambda: _hung_guard_healthy(guard), NGINX_START_TIMEOUT_S):
+            raise BenchError(f"bench: the hung guard did not answer GET /health on 127.0.0.1:{guard.port} within "
+                             f"{NGINX_START_TIMEOUT_S:g} s")
+        yield guard
+    finally:
+        with signals_deferred():
+            problem = guard.stop()
+        if problem:
+            problems.append(problem)
+
+
+def _hung_guard_healthy(guard: HungGuard) -> bool:
+    if not guard.alive:
+        raise BenchError(f"bench: the hung guard's thread stopped: {guard.failure}")
+    try:
+        return http_call(guard.port, "GET", "/health", timeout=1.0)[0] == 200
+    except (OSError, http.client.HTTPException):
+        return False
 
 
 # ------------------------------------------------------------------------------------------------ the orchestrator
@@ -512,12 +776,15 @@ def clean_env(overrides: Mapping[str, str]) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def orchestrator_running(guard_port: int, workdir: Path, problems: list[str]) -> Iterator[Orchestrator]:
-    """Start ``aeyon serve`` routing tokenguard to the guard, wait for ``GET /ready``, and always stop it; what
-    goes wrong while stopping is appended to ``problems``."""
+def orchestrator_running(guard_urls: Mapping[str, str], workdir: Path, problems: list[str],
+                         settings: Mapping[str, str] | None = None) -> Iterator[Orchestrator]:
+    """Start ``aeyon serve`` routing each ``NAME_URL`` of ``guard_urls`` to its guard, with the environment
+    ``settings`` added, wait for ``GET /ready``, and always stop it; what goes wrong while stopping is appended to
+    ``problems``."""
     http_port, admin_port, tag = free_port(), free_port(), uuid.uuid4().hex
     env = clean_env({
-        "TOKENGUARD_URL": f"http://127.0.0.1:{guard_port}",
+        **guard_urls,
+        **(settings or {}),
         "AEYON_PORT": str(http_port),
         "AEYON_ADMIN_PORT": str(admin_port),
         "AEYON_LOG_LEVEL": "WARNING",
@@ -622,11 +889,27 @@ class RunResult:
     socket_errors: dict[str, int] = field(default_factory=dict)
     cpu_s: float | None = None
     cpu_of: str = ""
+    connections: int = 0
+    # Answers by "STATUS" or "STATUS CODE" (the orchestrator's error code), when the run counted them.
+    statuses: dict[str, int] = field(default_factory=dict)
+    expected_statuses: tuple[int, ...] = ()  # non-2xx statuses that are the expected answer, not errors
+
+    @property
+    def expected(self) -> int:
+        """Answers with one of the expected non-2xx statuses."""
+        return sum(count for key, count in self.statuses.items() if int(key.split()[0]) in self.expected_statuses)
 
     @property
     def errors(self) -> int:
-        """Non-2xx/3xx answers plus socket errors (connect, read, write, timeout)."""
-        return self.non_2xx + sum(self.socket_errors.values())
+        """Non-2xx/3xx answers other than the expected ones, plus socket errors (connect, read, write, timeout)."""
+        return max(self.non_2xx - self.expected, 0) + sum(self.socket_errors.values())
+
+    def answers(self, errors_only: bool = False) -> str:
+        """The answers counted by status and error code, most first: "503 circuit_open 9120, 502 upstream_error 3";
+        with ``errors_only``, only the non-2xx ones."""
+        ranked = sorted(((key, count) for key, count in self.statuses.items()
+                         if not errors_only or not key.startswith("2")), key=lambda item: (-item[1], item[0]))
+        return ", ".join(f"{key} {count}" for key, count in ranked) or "none counted"
 
     @property
     def cpu_ms_per_request(self) -> float | None:
@@ -637,7 +920,8 @@ class RunResult:
 
     def as_json(self) -> dict[str, Any]:
         """The figures as a JSON object."""
-        return {**asdict(self), "errors": self.errors, "cpu_ms_per_request": _rounded(self.cpu_ms_per_request)}
+        return {**asdict(self), "errors": self.errors, "expected": self.expected,
+                "cpu_ms_per_request": _rounded(self.cpu_ms_per_request)}
 
 
 def _rounded(value: float | None, digits: int = 4) -> float | None:
@@ -661,6 +945,7 @@ def parse_wrk(output: str) -> dict[str, Any]:
         "non_2xx": int(non_2xx.group(1)) if non_2xx else 0,
         "socket_errors": dict(zip(("connect", "read", "write", "timeout"),
                                   (int(n) for n in sockets.groups()) if sockets else (0, 0, 0, 0), strict=True)),
+        "statuses": {match.group(1): int(match.group(2)) for match in WRK_STATUS.finditer(output)},
     }
 
 
@@ -671,10 +956,17 @@ def _percentile_ms(output: str, percent: str) -> float | None:
     return round(float(match.group(1)) * TIME_UNITS_MS[match.group(2)], 4)
 
 
-def run_wrk(wrk: str, settings: Settings, duration_s: int, url: str, script: Path) -> str:
-    """Run wrk against ``url`` for ``duration_s`` seconds; its output."""
-    command = [wrk, "--latency", "-t", str(settings.threads), "-c", str(settings.connections),
-               "-d", f"{duration_s}s", "--timeout", WRK_REQUEST_TIMEOUT, "-s", str(script), url]
+def wrk_command(wrk: str, threads: int, connections: int, duration_s: int, url: str, script: Path) -> list[str]:
+    """The wrk command line: ``connections`` keep-alive connections over at most ``threads`` threads."""
+    return [wrk, "--latency", "-t", str(min(threads, connections)), "-c", str(connections), "-d", f"{duration_s}s",
+            "--timeout", WRK_REQUEST_TIMEOUT, "-s", str(script), url]
+
+
+def run_wrk(wrk: str, settings: Settings, duration_s: int, url: str, script: Path,
+            connections: int | None = None) -> str:
+    """Run wrk against ``url`` for ``duration_s`` seconds (with the settings' connections unless given); its
+    output."""
+    command = wrk_command(wrk, settings.threads, connections or settings.connections, duration_s, url, script)
     try:
         done = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True, text=True,
                               timeout=duration_s + WRK_GRACE_S, start_new_session=True, check=False)
@@ -702,20 +994,197 @@ def check_once(port: int, path: str, body: str, what: str, expect: Callable[[Any
 
 
 def measure(wrk: str, settings: Settings, name: str, label: str, port: int, path: str, body: str,
-            workdir: Path, server_pids: Callable[[], list[int]], cpu_of: str) -> RunResult:
-    """Warm up (unreported), then one measured wrk run, sampling the server's CPU time around it."""
+            workdir: Path, server_pids: Callable[[], list[int]], cpu_of: str, *, connections: int | None = None,
+            warmup: bool = True, expected_statuses: tuple[int, ...] | None = None) -> RunResult:
+    """Warm up (unreported, unless ``warmup`` is false), then one measured wrk run, sampling the server's CPU time
+    around it. With ``expected_statuses`` (empty or not), wrk counts the answers by status and error code, and those
+    statuses are not errors (the runs through the shim pass an empty tuple: counted, none expected)."""
+    connections = connections or settings.connections
     script = workdir / f"{name}.lua"
-    script.write_text(WRK_SCRIPT.substitute(body=body))
+    template = WRK_SCRIPT if expected_statuses is None else COUNTING_WRK_SCRIPT
+    script.write_text(template.substitute(body=body))
     url = f"http://127.0.0.1:{port}{path}"
-    if settings.warmup_s:
+    if warmup and settings.warmup_s:
         print(f"bench: {label}: warm-up {settings.warmup_s} s ...", file=sys.stderr)
-        run_wrk(wrk, settings, settings.warmup_s, url, script)
-    print(f"bench: {label}: {settings.duration_s} s, {settings.connections} connections ...", file=sys.stderr)
+        run_wrk(wrk, settings, settings.warmup_s, url, script, connections)
+    print(f"bench: {label}: {settings.duration_s} s, {connections} connections ...", file=sys.stderr)
     before = cpu_seconds(server_pids())
-    output = run_wrk(wrk, settings, settings.duration_s, url, script)
+    output = run_wrk(wrk, settings, settings.duration_s, url, script, connections)
     after = cpu_seconds(server_pids())
     return RunResult(name=name, label=label, url=url, body=body, cpu_s=round(after - before, 3), cpu_of=cpu_of,
-                     **parse_wrk(output))
+                     connections=connections, expected_statuses=expected_statuses or (), **parse_wrk(output))
+
+
+@dataclass
+class Load:
+    """A wrk running in the background (the hung guard's callers) until it is stopped."""
+
+    process: subprocess.Popen[bytes]
+    command: list[str]
+    log_path: Path
+    started: float  # time.monotonic()
+
+    def finish(self) -> str:
+        """Stop it (SIGINT: wrk stops, prints its figures and runs the script's ``done``); its output."""
+        if self.process.poll() is not None:
+            raise BenchError(f"bench: the background wrk ended by itself, with {self.process.returncode}, before "
+                             f"it was stopped: {shlex.join(self.command)}\n{log_tail(self.log_path)}")
+        self.process.send_signal(signal.SIGINT)
+        try:
+            code = self.process.wait(LOAD_STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            raise BenchError(f"bench: the background wrk did not stop within {LOAD_STOP_TIMEOUT_S:g} s of SIGINT: "
+                             f"{shlex.join(self.command)}") from None
+        output = self.log_path.read_text(errors="replace")
+        if code != 0:
+            raise BenchError(f"bench: the background wrk exited with {code}: {shlex.join(self.command)}\n"
+                             f"{output.strip()}")
+        return output
+
+
+@contextlib.contextmanager
+def load_running(wrk: str, name: str, port: int, body: str, connections: int, longest_s: int,
+                 workdir: Path) -> Iterator[Load]:
+    """Start wrk POSTing ``body`` through the shim with ``connections`` connections, counting the answers, for at
+    most ``longest_s`` seconds (it is meant to be stopped with ``Load.finish``); always stop it."""
+    script = workdir / f"{name}.lua"
+    script.write_text(COUNTING_WRK_SCRIPT.substitute(body=body))
+    command = wrk_command(wrk, 1, connections, longest_s, f"http://127.0.0.1:{port}{SHIM_PATH}", script)
+    load = Load(spawn(command, env=None, log_path=workdir / f"{name}.out"), command, workdir / f"{name}.out",
+                time.monotonic())
+    try:
+        yield load
+    finally:
+        with signals_deferred():
+            if load.process.poll() is None:
+                load.process.send_signal(signal.SIGINT)
+                try:
+                    load.process.wait(LOAD_STOP_TIMEOUT_S)
+                except subprocess.TimeoutExpired:
+                    load.process.kill()
+                    load.process.wait()
+
+
+def trip_breaker(port: int, body: str, service: str) -> int:
+    """Send ``body`` through the shim, one request after the other, until an answer is ``circuit_open`` (at most
+    TRIP_MAX_TRIES); the number of requests it took."""
+    seen: Counter[str] = Counter()
+    for attempt in range(1, TRIP_MAX_TRIES + 1):
+        try:
+            status, raw = http_call(port, "POST", SHIM_PATH, body, timeout=10.0)
+        except (OSError, http.client.HTTPException) as exc:
+            raise BenchError(f"bench: a request to {service} (tripping its breaker) failed: {exc}") from None
+        code = _error_code(raw)
+        if code == "circuit_open":
+            return attempt
+        seen[f"{status} {code or '(no error code)'}"] += 1
+    answers = ", ".join(f"{key} x{count}" for key, count in seen.most_common())
+    raise BenchError(f"bench: {service}'s breaker did not open within {TRIP_MAX_TRIES} requests; the answers: "
+                     f"{answers}")
+
+
+def _error_code(raw: bytes) -> str | None:
+    try:
+        answer = json.loads(raw)
+    except ValueError:
+        return None
+    error = answer.get("error") if isinstance(answer, dict) else None
+    code = error.get("code") if isinstance(error, dict) else None
+    return code if isinstance(code, str) else None
+
+
+# ----------------------------------------------------------------------------------------------------------- faults
+
+
+SHIM_CPU_OF = "aeyon serve and its actor processes"
+
+
+@dataclass
+class Isolation:
+    """Tokenguard through the shim without and with trustguard hung, and what trustguard's callers got."""
+
+    baseline: RunResult
+    hung: RunResult
+    callers: RunResult  # the background wrk calling the hung guard (no CPU figure: it overlaps both runs)
+    calls_held: int  # requests the hung guard received (and never answered) while the load ran
+
+    @property
+    def requests_per_s_ratio(self) -> float | None:
+        """req/s with the guard hung over req/s without."""
+        return _ratio(self.hung.requests_per_s, self.baseline.requests_per_s)
+
+    @property
+    def p99_ratio(self) -> float | None:
+        """p99 with the guard hung over p99 without."""
+        return _ratio(self.hung.p99_ms, self.baseline.p99_ms)
+
+    def as_json(self) -> dict[str, Any]:
+        """The comparison as a JSON object (the two tokenguard runs are in "runs")."""
+        return {"baseline": self.baseline.name, "hung": self.hung.name,
+                "requests_per_s_ratio": _rounded(self.requests_per_s_ratio),
+                "p99_ratio": _rounded(self.p99_ratio), "hung_guard_calls_held": self.calls_held,
+                "hung_guard_callers": self.callers.as_json()}
+
+
+@dataclass
+class FailFast:
+    """Answers from a guard whose breaker is open."""
+
+    run: RunResult
+    trip_requests: int  # sequential requests it took to see circuit_open before the run
+
+    def as_json(self) -> dict[str, Any]:
+        """The run's name and how the breaker was tripped (the run itself is in "runs")."""
+        return {"run": self.run.name, "trip_requests": self.trip_requests, "breaker_open_s": float(BREAKER_OPEN_S)}
+
+
+def _ratio(value: float | None, base: float | None) -> float | None:
+    return None if value is None or not base else value / base
+
+
+def measure_isolation(wrk: str, settings: Settings, orch: Orchestrator, hung_guard: HungGuard,
+                      workdir: Path) -> Isolation:
+    """The baseline run to tokenguard through the shim, then the same run while a second wrk calls trustguard
+    (hung): that load starts first, and the measurement (its warm-up included) begins once the hung guard holds a
+    call from it and HUNG_LEAD_S has passed; the load is stopped right after."""
+    baseline = measure(wrk, settings, "isolation-baseline", "isolation: baseline", orch.http_port, SHIM_PATH,
+                       SHIM_BODY, workdir, orch.pids, SHIM_CPU_OF, expected_statuses=())
+    longest_s = int(HUNG_REACH_TIMEOUT_S + HUNG_LEAD_S) + 1 + settings.warmup_s + 2 * (settings.duration_s
+                                                                                        + WRK_GRACE_S)
+    held_before = hung_guard.calls_held
+    print(f"bench: isolation: {HUNG_CONNECTIONS} connections calling trustguard (hung, timeout {HUNG_TIMEOUT_S} s) "
+          "...", file=sys.stderr)
+    with load_running(wrk, "hung-callers", orch.http_port, HUNG_BODY, HUNG_CONNECTIONS, longest_s, workdir) as load:
+
+        def reached() -> bool:
+            if load.process.poll() is not None:
+                raise BenchError(f"bench: the wrk calling the hung guard exited with {load.process.returncode}:\n"
+                                 f"{log_tail(load.log_path)}")
+            if not hung_guard.alive:
+                raise BenchError(f"bench: the hung guard's thread stopped: {hung_guard.failure}")
+            return hung_guard.calls_held > held_before and time.monotonic() - load.started >= HUNG_LEAD_S
+
+        if not wait_for(reached, HUNG_REACH_TIMEOUT_S):
+            raise BenchError(f"bench: the hung guard received no call within {HUNG_REACH_TIMEOUT_S:g} s of the load "
+                             f"on trustguard; the tail of the serve log:\n{log_tail(orch.log_path)}")
+        hung = measure(wrk, settings, "isolation-hung", "isolation: one guard hung", orch.http_port, SHIM_PATH,
+                       SHIM_BODY, workdir, orch.pids, SHIM_CPU_OF + ", serving the hung guard's callers too",
+                       expected_statuses=())
+        output = load.finish()
+    callers = RunResult(name="hung-callers", label="the hung guard's callers",
+                        url=f"http://127.0.0.1:{orch.http_port}{SHIM_PATH}", body=HUNG_BODY,
+                        connections=HUNG_CONNECTIONS, expected_statuses=HUNG_EXPECTED, **parse_wrk(output))
+    return Isolation(baseline, hung, callers, hung_guard.calls_held - held_before)
+
+
+def measure_fail_fast(wrk: str, settings: Settings, orch: Orchestrator, workdir: Path) -> FailFast:
+    """Trip biasguard's breaker, then one run (no warm-up) through the shim to biasguard while it is open."""
+    print("bench: fail-fast: tripping biasguard's breaker ...", file=sys.stderr)
+    tries = trip_breaker(orch.http_port, FAIL_BODY, "biasguard")
+    run = measure(wrk, settings, "fail-fast", "fail-fast: breaker open", orch.http_port, SHIM_PATH, FAIL_BODY,
+                  workdir, orch.pids, SHIM_CPU_OF, connections=FAIL_CONNECTIONS, warmup=False,
+                  expected_statuses=FAIL_EXPECTED)
+    return FailFast(run, tries)
 
 
 # ----------------------------------------------------------------------------------------------------------- report
@@ -744,30 +1213,56 @@ def machine() -> dict[str, Any]:
 
 
 def report(started: datetime.datetime, info: Mapping[str, Any], settings: Settings,
-           results: Sequence[RunResult]) -> str:
-    """The plain-text table."""
+           results: Sequence[RunResult], isolation: Isolation | None = None,
+           fail_fast: FailFast | None = None) -> str:
+    """The plain-text table, with its legend and notes."""
     lines = [
         f"Aeyon bench — {started:%Y-%m-%d %H:%M} UTC",
         f"machine: {info['cpu']} x {info['cores']} cores, {info['memory_gib']} GiB, Linux {info['kernel']}, "
         f"Python {info['python']}, thespian {info['thespian']}",
         f"tools: wrk {info['wrk']}, nginx {info['nginx']}",
         f"command: {settings.command()}",
-        f"{'run':<25}{'req/s':<9}{'p50 ms':<9}{'p99 ms':<9}{'errors':<9}cpu ms/req",
+        f"{'run':<27}{'req/s':<9}{'p50 ms':<9}{'p99 ms':<9}{'errors':<9}cpu ms/req",
     ]
     for result in results:
-        lines.append(f"{result.label:<25}{result.requests_per_s:<9.0f}{_ms(result.p50_ms):<9}"
+        lines.append(f"{result.label:<27}{result.requests_per_s:<9.0f}{_ms(result.p50_ms):<9}"
                      f"{_ms(result.p99_ms):<9}{result.errors:<9}{_ms(result.cpu_ms_per_request)}")
     lines.append("")
     lines.append("errors: non-2xx answers plus socket errors; cpu ms/req: CPU time per request of nginx (direct) "
                  "and of the orchestrator's processes, nginx not counted (through the shim)")
+    if isolation:
+        lines.append(f"isolation: tokenguard through the shim, alone (baseline), then while a second wrk "
+                     f"({HUNG_CONNECTIONS} connections) calls trustguard, a guard that never answers, with "
+                     f"\"timeout\": {HUNG_TIMEOUT_S}; its cpu ms/req includes serving those calls")
+    if fail_fast:
+        lines.append(f"fail-fast: biasguard (nginx answering 500) with its breaker tripped first "
+                     f"(AEYON_BREAKER_OPEN={BREAKER_OPEN_S}), {fail_fast.run.connections} connections, no warm-up; "
+                     f"{' and '.join(map(str, FAIL_EXPECTED))} answers are expected there, not errors")
+    if isolation:
+        callers = isolation.callers
+        lines.append(f"isolation: one guard hung vs baseline: req/s x{_times(isolation.requests_per_s_ratio)}, "
+                     f"p99 x{_times(isolation.p99_ratio)}; the hung guard's callers got {callers.answers()} "
+                     f"in {callers.duration_s:g} s ({isolation.calls_held} calls held by the guard)")
+        if callers.errors:
+            sockets = ", ".join(f"{kind} {count}" for kind, count in callers.socket_errors.items())
+            lines.append(f"isolation: the hung guard's callers had {callers.errors} errors (statuses other than "
+                         f"{' and '.join(map(str, HUNG_EXPECTED))}, and socket errors: {sockets})")
+    if fail_fast:
+        lines.append(f"fail-fast: the breaker opened after {fail_fast.trip_requests} requests; answers: "
+                     f"{fail_fast.run.answers()}")
     for result in results:
         if result.errors:
             sockets = ", ".join(f"{kind} {count}" for kind, count in result.socket_errors.items())
-            lines.append(f"{result.label}: {result.requests} requests, {result.non_2xx} non-2xx answers, "
+            by_status = f" ({result.answers(errors_only=True)})" if result.statuses else ""
+            lines.append(f"{result.label}: {result.requests} requests, {result.non_2xx} non-2xx answers{by_status}, "
                          f"socket errors: {sockets}")
         elif not result.requests:
             lines.append(f"{result.label}: no request completed")
     return "\n".join(lines)
+
+
+def _times(ratio: float | None) -> str:
+    return "-" if ratio is None else f"{ratio:.2f}"
 
 
 def _ms(value: float | None) -> str:
@@ -780,7 +1275,7 @@ def _ms(value: float | None) -> str:
 
 
 def bench(settings: Settings) -> int:
-    """Set everything up, run both measurements, print the table, tear everything down; the exit status."""
+    """Set everything up, run the measurements, print the table, tear everything down; the exit status."""
     started = datetime.datetime.now(datetime.timezone.utc)
     wrk = ensure_tool("wrk", "wrk")
     nginx = ensure_tool("nginx", "nginx")
@@ -788,42 +1283,70 @@ def bench(settings: Settings) -> int:
             "nginx": tool_version([nginx, "-v"], r"nginx/([\w.\-]+)")}
     problems: list[str] = []
     results: list[RunResult] = []
+    isolation: Isolation | None = None
+    fail_fast: FailFast | None = None
     try:
-        with tempfile.TemporaryDirectory(prefix="aeyon-bench-") as tmp:
+        with tempfile.TemporaryDirectory(prefix="aeyon-bench-") as tmp, contextlib.ExitStack() as stack:
             workdir = Path(tmp)
-            with guard_running(nginx, workdir) as guard, orchestrator_running(guard.port, workdir, problems) as orch:
-                check_once(guard.port, DIRECT_PATH, DIRECT_BODY, "straight to nginx",
-                           lambda answer: isinstance(answer, dict) and answer.get("safe") is True)
-                check_once(orch.http_port, SHIM_PATH, SHIM_BODY, "through the shim",
-                           lambda answer: isinstance(answer, dict) and answer.get("status") == "success")
-                results.append(measure(wrk, settings, "direct", "direct to guard (nginx)", guard.port, DIRECT_PATH,
-                                       DIRECT_BODY, workdir, guard.pids, "nginx"))
-                results.append(measure(wrk, settings, "shim", "through the shim", orch.http_port, SHIM_PATH, SHIM_BODY,
-                                       workdir, orch.pids, "aeyon serve and its actor processes"))
-                if settings.compare_entry:
-                    with threaded_entry_running(orch, workdir) as port:
-                        check_once(port, SHIM_PATH, SHIM_BODY, "through the threaded entry",
-                                   lambda answer: isinstance(answer, dict) and answer.get("status") == "success")
-                        results.append(measure(wrk, settings, "threaded", "threaded entry+gateway", port,
-                                               SHIM_PATH, SHIM_BODY, workdir, orch.pids,
-                                               "the threaded entry and the orchestrator's processes"))
-                print(report(started, info, settings, results), flush=True)
-                if settings.json_path:
-                    write_json(settings, started, info, results)
-                if orch.process.poll() is not None:
-                    problems.append(f"aeyon serve exited with {orch.process.returncode} during the benchmark")
-                elif results[-1].errors or not results[-1].requests:
-                    print(f"bench: the shim run had errors; the tail of the serve log:\n{log_tail(orch.log_path)}",
-                          file=sys.stderr)
+            guard = stack.enter_context(guard_running(nginx, workdir))
+            urls = {"TOKENGUARD_URL": f"http://127.0.0.1:{guard.port}"}
+            hung_guard = None
+            if settings.faults:
+                hung_guard = stack.enter_context(hung_guard_running(problems))
+                urls["TRUSTGUARD_URL"] = f"http://127.0.0.1:{hung_guard.port}"
+                urls["BIASGUARD_URL"] = f"http://127.0.0.1:{guard.fail_port}"
+            orch = stack.enter_context(orchestrator_running(urls, workdir, problems,
+                                                            {"AEYON_BREAKER_OPEN": BREAKER_OPEN_S}))
+            check_once(guard.port, DIRECT_PATH, DIRECT_BODY, "straight to nginx",
+                       lambda answer: isinstance(answer, dict) and answer.get("safe") is True)
+            check_once(orch.http_port, SHIM_PATH, SHIM_BODY, "through the shim",
+                       lambda answer: isinstance(answer, dict) and answer.get("status") == "success")
+            results.append(measure(wrk, settings, "direct", "direct to guard (nginx)", guard.port, DIRECT_PATH,
+                                   DIRECT_BODY, workdir, guard.pids, "nginx"))
+            results.append(measure(wrk, settings, "shim", "through the shim", orch.http_port, SHIM_PATH, SHIM_BODY,
+                                   workdir, orch.pids, SHIM_CPU_OF, expected_statuses=()))
+            if settings.compare_entry:
+                with threaded_entry_running(orch, workdir) as port:
+                    check_once(port, SHIM_PATH, SHIM_BODY, "through the threaded entry",
+                               lambda answer: isinstance(answer, dict) and answer.get("status") == "success")
+                    results.append(measure(wrk, settings, "threaded", "threaded entry+gateway", port,
+                                           SHIM_PATH, SHIM_BODY, workdir, orch.pids,
+                                           "the threaded entry and the orchestrator's processes",
+                                           expected_statuses=()))
+            if hung_guard is not None:
+                # A fault measurement that cannot be made is reported after the table of what was measured.
+                try:
+                    isolation = measure_isolation(wrk, settings, orch, hung_guard, workdir)
+                    results.extend((isolation.baseline, isolation.hung))
+                except BenchError as exc:
+                    problems.append(f"isolation: {str(exc).removeprefix('bench: ')}")
+                try:
+                    fail_fast = measure_fail_fast(wrk, settings, orch, workdir)
+                    results.append(fail_fast.run)
+                except BenchError as exc:
+                    problems.append(f"fail-fast: {str(exc).removeprefix('bench: ')}")
+            print(report(started, info, settings, results, isolation, fail_fast), flush=True)
+            if settings.json_path:
+                write_json(settings, started, info, results, isolation, fail_fast)
+            through_shim = [result for result in results if result.name != "direct"]
+            if isolation:
+                through_shim.append(isolation.callers)
+            if orch.process.poll() is not None:
+                problems.append(f"aeyon serve exited with {orch.process.returncode} during the benchmark")
+            elif any(result.errors or not result.requests for result in through_shim):
+                print(f"bench: a run through the shim had errors; the tail of the serve log:\n"
+                      f"{log_tail(orch.log_path)}", file=sys.stderr)
     finally:
         for problem in problems:
             print(f"bench: {problem}", file=sys.stderr)
-    failed = problems or any(result.errors or not result.requests for result in results)
+    failed = (problems or any(result.errors or not result.requests for result in results)
+              or (isolation is not None and isolation.callers.errors))
     return 1 if failed else 0
 
 
 def write_json(settings: Settings, started: datetime.datetime, info: Mapping[str, Any],
-               results: Sequence[RunResult]) -> None:
+               results: Sequence[RunResult], isolation: Isolation | None = None,
+               fail_fast: FailFast | None = None) -> None:
     """Write the figures as JSON to ``settings.json_path``."""
     assert settings.json_path is not None
     document = {
@@ -832,9 +1355,13 @@ def write_json(settings: Settings, started: datetime.datetime, info: Mapping[str
         "command": settings.command(),
         "settings": {"duration_s": settings.duration_s, "connections": settings.connections,
                      "threads": settings.threads, "warmup_s": settings.warmup_s, "smoke": settings.smoke,
-                     "wrk_request_timeout": WRK_REQUEST_TIMEOUT},
+                     "faults": settings.faults, "wrk_request_timeout": WRK_REQUEST_TIMEOUT},
         "runs": [result.as_json() for result in results],
     }
+    if isolation:
+        document["isolation"] = isolation.as_json()
+    if fail_fast:
+        document["fail_fast"] = fail_fast.as_json()
     settings.json_path.write_text(json.dumps(document, indent=2) + "\n")
 
 
@@ -843,7 +1370,8 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point: ``bin/bench [--smoke] [--duration S] [--connections N] [--threads N] [--json PATH]``."""
+    """Entry point: ``bin/bench [--smoke] [--duration S] [--connections N] [--threads N] [--json PATH]
+    [--compare-entry] [--no-faults]``."""
     settings = parse_args(argv)
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _interrupt)

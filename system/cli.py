@@ -1,4 +1,4 @@
-"""The ``aeyon`` command: serve, orchestrate, services, stop.
+"""The ``aeyon`` command: serve, orchestrate, services, tree, stop.
 
 Every subcommand exits non-zero on error with a one-line reason on stderr.
 """
@@ -52,6 +52,11 @@ def _parser() -> argparse.ArgumentParser:
     services.add_argument("--json", action="store_true", help="print JSON instead of a table")
     _admin_port(services)
     services.set_defaults(run=_services)
+
+    tree = sub.add_parser("tree", help="the live actor tree with each actor's state")
+    tree.add_argument("--json", action="store_true", help="print JSON instead of an indented tree")
+    _admin_port(tree)
+    tree.set_defaults(run=_tree)
 
     stop = sub.add_parser("stop", help="stop the running orchestrator and every process it started")
     _admin_port(stop)
@@ -120,6 +125,29 @@ def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
     cells = [[str(c).upper() for c in columns]] + [[str(row.get(c, "")) for c in columns] for row in rows]
     widths = [max(len(line[i]) for line in cells) for i in range(len(columns))]
     return "\n".join("  ".join(v.ljust(w) for v, w in zip(line, widths, strict=True)).rstrip() for line in cells)
+
+
+def _tree(args: argparse.Namespace) -> int:
+    from system.gateway import Gateway
+
+    with Gateway.connect(admin_port=args.admin_port) as gw:
+        tree = gw.tree()
+    if args.json:
+        print(json.dumps(tree, indent=2))
+    else:
+        print(format_tree(tree))
+    return 0
+
+
+def format_tree(node: dict[str, Any], depth: int = 0) -> str:
+    """One line per actor, indented by depth: name, class, pid, and its state (or that it did not answer)."""
+    pad = "  " * depth
+    if node.get("responsive"):
+        state = " ".join(f"{k}={v}" for k, v in node.get("state", {}).items() if not isinstance(v, dict | list))
+        line = f"{pad}{node['name']} ({node['actor_class']}, pid {node['pid']}) {state}".rstrip()
+    else:
+        line = f"{pad}{node['name']} (did not answer) {node['address']}"
+    return "\n".join([line, *(format_tree(child, depth + 1) for child in node.get("children", []))])
 
 
 def _stop(args: argparse.Namespace) -> int:

@@ -9,8 +9,9 @@ from urllib.parse import urlsplit
 
 import attrs
 
+from system.breaker import BreakerConfig
 from system.errors import ConfigError
-from system.routing import SERVICE_TYPES
+from system.routing import SERVICE_NAME, SERVICE_TYPES
 
 T = TypeVar("T")
 
@@ -38,7 +39,16 @@ class Settings:
     trusted_proxies: tuple[Network, ...] = ()
     workers_per_guard: int = 10
     max_in_flight: int = 100
+    max_in_flight_per_guard: int = 75
     queue_per_guard: int = 100
+    breaker: BreakerConfig = attrs.field(factory=BreakerConfig)
+    retry_attempts: int = 3
+    retry_budget_percent: float = 20.0
+    retry_min_concurrency: int = 3
+    restart_max: int = 5
+    restart_period_s: float = 10.0
+    fail_open: frozenset[str] = frozenset()
+    allow_unchecked: frozenset[str] = frozenset()
     health_interval_s: float = 30.0
     health_timeout_s: float = 5.0
     shims: int = 1
@@ -70,7 +80,16 @@ class Settings:
             trusted_proxies=env.get("AEYON_TRUSTED_PROXIES", _networks, ()),
             workers_per_guard=env.get("AEYON_WORKERS_PER_GUARD", _int_range(1, 256), 10),
             max_in_flight=env.get("AEYON_MAX_IN_FLIGHT", _int_range(1, 100_000), 100),
+            max_in_flight_per_guard=env.get("AEYON_MAX_IN_FLIGHT_PER_GUARD", _int_range(1, 100_000), 75),
             queue_per_guard=env.get("AEYON_QUEUE_PER_GUARD", _int_range(1, 100_000), 100),
+            breaker=_breaker(env),
+            retry_attempts=env.get("AEYON_RETRY_ATTEMPTS", _int_range(1, 10), 3),
+            retry_budget_percent=env.get("AEYON_RETRY_BUDGET_PERCENT", _number(0, 100), 20.0),
+            retry_min_concurrency=env.get("AEYON_RETRY_MIN_CONCURRENCY", _int_range(0, 10_000), 3),
+            restart_max=env.get("AEYON_RESTART_MAX", _int_range(0, 1000), 5),
+            restart_period_s=env.get("AEYON_RESTART_PERIOD", _seconds(0.1, 3600), 10.0),
+            fail_open=env.get("AEYON_FAIL_OPEN", _names, frozenset()),
+            allow_unchecked=env.get("AEYON_ALLOW_UNCHECKED", _names, frozenset()),
             health_interval_s=env.get("AEYON_HEALTH_INTERVAL", _seconds(0.05, 86_400), 30.0),
             health_timeout_s=env.get("AEYON_HEALTH_TIMEOUT", _seconds(0.05, 300), 5.0),
             shims=env.get("AEYON_SHIMS", _int_range(1, 64), 1),
@@ -108,6 +127,48 @@ def _masked(raw: str) -> str:
     if "@" not in parts.netloc:
         return raw
     return parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2]).geturl()
+
+
+def _breaker(env: _Env) -> BreakerConfig:
+    default = BreakerConfig()
+    values: dict[str, Any] = {
+        "window_size": env.get("AEYON_BREAKER_WINDOW", _int_range(1, 100_000), default.window_size),
+        "minimum_calls": env.get("AEYON_BREAKER_MIN_CALLS", _int_range(1, 100_000), default.minimum_calls),
+        "failure_rate_threshold": env.get("AEYON_BREAKER_FAILURE_RATE", _number(1, 100),
+                                          default.failure_rate_threshold * 100) / 100,
+        "slow_call_duration_s": env.get("AEYON_BREAKER_SLOW_CALL", _seconds(0.001, 300),
+                                        default.slow_call_duration_s),
+        "slow_call_rate_threshold": env.get("AEYON_BREAKER_SLOW_RATE", _number(1, 100),
+                                            default.slow_call_rate_threshold * 100) / 100,
+        "open_base_s": env.get("AEYON_BREAKER_OPEN", _seconds(0.01, 3600), default.open_base_s),
+        "open_max_s": env.get("AEYON_BREAKER_OPEN_MAX", _seconds(0.01, 86_400), default.open_max_s),
+        "half_open_calls": env.get("AEYON_BREAKER_HALF_OPEN_CALLS", _int_range(1, 1000), default.half_open_calls),
+    }
+    try:
+        return BreakerConfig(**values)
+    except ValueError as exc:
+        raise ConfigError(f"AEYON_BREAKER_*: {exc}") from None
+
+
+def _number(low: float, high: float) -> Callable[[str], float]:
+    def parse(raw: str) -> float:
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ValueError(f"must be a number from {low:g} to {high:g}") from None
+        if not low <= value <= high:
+            raise ValueError(f"must be a number from {low:g} to {high:g}")
+        return value
+
+    return parse
+
+
+def _names(raw: str) -> frozenset[str]:
+    names = frozenset(part.strip() for part in raw.split(",") if part.strip())
+    bad = sorted(n for n in names if not SERVICE_NAME.fullmatch(n))
+    if bad:
+        raise ValueError(f"{bad[0]!r} is not a service name")
+    return names
 
 
 def _boolean(raw: str) -> bool:
@@ -213,4 +274,7 @@ def describe(settings: Settings) -> dict[str, Any]:
             out[key] = "***"
     out["allowed_ips"] = [str(n) for n in settings.allowed_ips]
     out["trusted_proxies"] = [str(n) for n in settings.trusted_proxies]
+    out["breaker"] = attrs.asdict(settings.breaker)
+    out["fail_open"] = sorted(settings.fail_open)
+    out["allow_unchecked"] = sorted(settings.allow_unchecked)
     return out

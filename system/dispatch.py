@@ -50,12 +50,16 @@ class Dispatcher:
         self,
         reply_to: Any,
         max_in_flight: int,
+        max_per_service: int | None = None,
         *,
         clock: Callable[[], float] = time.monotonic,
         wallclock: Callable[[], float] = time.time,
     ):
         self._reply_to = reply_to
         self.max_in_flight = max_in_flight
+        # One guard's share of the in-flight limit: a hung guard cannot take the others' places.
+        self.max_per_service = max_per_service or max_in_flight
+        self._per_service: dict[str, int] = {}
         self._now = clock
         self._wall = wallclock
         self._routes: dict[str, Route] = {}
@@ -94,7 +98,7 @@ class Dispatcher:
         replaced = [p for p in self._pending.values()
                     if p.service in self._routes and p.supervisor != self._routes[p.service].supervisor]
         for pending in removed + replaced:
-            del self._pending[pending.key]
+            self._forget(pending.key)
         return removed, replaced
 
     def submit(self, request: OrchestrateRequest, origin: Any) -> Pending:
@@ -106,6 +110,9 @@ class Dispatcher:
         if len(self._pending) >= self.max_in_flight:
             raise RequestError("overloaded", f"{self.max_in_flight} requests are already in flight",
                                request_id=request.request_id, service=request.service)
+        if self._per_service.get(request.service, 0) >= self.max_per_service:
+            raise RequestError("overloaded", f"{self.max_per_service} requests to {request.service} are already "
+                                             "in flight", request_id=request.request_id, service=request.service)
         body = json.dumps(TRANSFORMS[route.transform](request.payload, request.request_id),
                           separators=(",", ":")).encode()
         now = self._now()
@@ -114,6 +121,7 @@ class Dispatcher:
         pending = Pending(key, request.request_id, request.service, origin, now, now + request.timeout,
                           route.supervisor, len(body))
         self._pending[key] = pending
+        self._per_service[request.service] = self._per_service.get(request.service, 0) + 1
         heapq.heappush(self._deadlines, (pending.deadline, key))
         call = CallGuard(key, request.request_id, route.endpoint, body, self._wall() + request.timeout,
                          self._reply_to)
@@ -148,7 +156,7 @@ class Dispatcher:
 
     def finish(self, key: int) -> Pending | None:
         """Take a pending request to answer it; None if it was answered already."""
-        pending = self._pending.pop(key, None)
+        pending = self._forget(key)
         if len(self._deadlines) > 4 * len(self._pending) + 1024:
             # Answered requests leave their deadline behind; drop those now and then so the heap stays small.
             self._deadlines = [(d, k) for d, k in self._deadlines if k in self._pending]
@@ -161,10 +169,20 @@ class Dispatcher:
         out = []
         while self._deadlines and self._deadlines[0][0] <= now:
             _, key = heapq.heappop(self._deadlines)
-            pending = self._pending.pop(key, None)
+            pending = self._forget(key)
             if pending is not None:
                 out.append(pending)
         return out
+
+    def _forget(self, key: int) -> Pending | None:
+        pending = self._pending.pop(key, None)
+        if pending is not None:
+            left = self._per_service[pending.service] - 1
+            if left:
+                self._per_service[pending.service] = left
+            else:
+                del self._per_service[pending.service]
+        return pending
 
     def next_deadline(self) -> float | None:
         """When the earliest pending request times out (monotonic), or None."""

@@ -26,6 +26,13 @@ def success_body(request_id: str, service: str, raw_result: bytes, duration_ms: 
     ))
 
 
+def degraded_body(request_id: str, service: str, code: str, message: str, duration_ms: float) -> bytes:
+    """A fail-open guard failed: ``{"status": "success", "result": null, "degraded": true, "degraded_reason"}``."""
+    return _dumps({"request_id": request_id, "service": service, "status": "success", "result": None,
+                   "degraded": True, "degraded_reason": {"code": code, "message": message},
+                   "duration_ms": round(duration_ms, 3)}).encode()
+
+
 def error_body(request_id: str, service: str | None, code: str, message: str, raw_detail: bytes | None = None,
                ) -> bytes:
     """``{"request_id", "service", "status": "error", "error": {"code", "message"[, "detail"]}}``."""

@@ -33,7 +33,7 @@ from actors.messages import (
     StopOrchestrator,
     UnregisterService,
 )
-from actors.messages.control import Refused, StopAccepted
+from actors.messages.control import ActorTree, DescribeTree, Refused, StopAccepted
 from system.actor_system import join_system, leave_system, root_address
 from system.errors import ERROR_STATUS, GatewayError
 from system.validation import DEFAULT_TIMEOUT_S, new_request_id
@@ -131,6 +131,14 @@ class Gateway:
         if isinstance(reply, ServiceUnregistered):
             return reply
         raise GatewayError(_refusal(reply))
+
+    def tree(self) -> dict[str, Any]:
+        """The live actor tree (as ``GET /v1/actors``)."""
+        request_id = new_request_id()
+        reply = self._control(DescribeTree(request_id), request_id)
+        if not isinstance(reply, ActorTree):
+            raise GatewayError("the orchestrator did not draw its actor tree")
+        return reply.tree
 
     def stop(self) -> bool:
         """Ask the orchestrator to stop; True when its ``aeyon serve`` process took the request."""

@@ -29,6 +29,8 @@ class CallOutcome:
     status: int = 0
     body: bytes = b""
     message: str = ""
+    # The connection was refused, reset or closed without an answer (retryable, unlike a timeout).
+    connection_failed: bool = False
 
 
 @attrs.frozen
@@ -90,7 +92,7 @@ class GuardClient:
         except requests.ConnectionError as exc:
             if self._now() >= expires_at:
                 return CallOutcome("upstream_timeout", message="the guard did not answer within the request's timeout")
-            return CallOutcome("upstream_error", message=_connection_problem(exc))
+            return CallOutcome("upstream_error", message=_connection_problem(exc), connection_failed=True)
         except requests.RequestException as exc:
             return CallOutcome("upstream_error", message=f"the call failed: {type(exc).__name__}")
         return _classify(response.status_code, content)

@@ -24,6 +24,8 @@ class GuardPool(Generic[C]):
         self._idle: list[int] = []
         self._busy: dict[int, list[C]] = {}
         self._next_slot = 0
+        # Slot numbers of closed slots, reused first so a replacement worker keeps its predecessor's name.
+        self._closed: list[int] = []
 
     def admit(self, call: C) -> bool:
         """Queue a call; False when the queue is full (the caller answers ``overloaded``)."""
@@ -44,8 +46,7 @@ class GuardPool(Generic[C]):
             if self._idle:
                 slot = self._idle.pop()
             elif self.slots < self.max_workers:
-                slot = self._next_slot
-                self._next_slot += 1
+                slot = self._new_slot()
                 new = True
             else:
                 break
@@ -57,6 +58,14 @@ class GuardPool(Generic[C]):
             self._busy[slot] = calls
             out.append((slot, calls, new))
         return out
+
+    def _new_slot(self) -> int:
+        if self._closed:
+            self._closed.sort()
+            return self._closed.pop(0)
+        slot = self._next_slot
+        self._next_slot += 1
+        return slot
 
     def done(self, slot: int) -> list[C]:
         """The slot's worker finished its calls; the slot is free again."""
@@ -70,6 +79,8 @@ class GuardPool(Generic[C]):
         calls = self._busy.pop(slot, [])
         if slot in self._idle:
             self._idle.remove(slot)
+        if slot not in self._closed:
+            self._closed.append(slot)
         return calls
 
     def open_slot(self, slot: int) -> None:
@@ -77,12 +88,18 @@ class GuardPool(Generic[C]):
         if slot not in self._busy and slot not in self._idle:
             self._idle.append(slot)
             self._next_slot = max(self._next_slot, slot + 1)
+            if slot in self._closed:
+                self._closed.remove(slot)
 
     def drain(self) -> list[C]:
         """Take every queued call (the guard is going away)."""
         calls = list(self._queue)
         self._queue.clear()
         return calls
+
+    def busy_slots(self) -> set[int]:
+        """The slots whose workers hold calls."""
+        return set(self._busy)
 
     @property
     def slots(self) -> int:

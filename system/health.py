@@ -30,12 +30,28 @@ class HealthState:
         self.state = state
         return changed
 
-    def refusal(self) -> tuple[str, str] | None:
-        """Why a call must not be made now, as (code, message), or None when it may."""
+    def refusal(self, allow_unchecked: bool = False) -> tuple[str, str] | None:
+        """Why a call must not be made now, as (code, message), or None when it may.
+
+        ``allow_unchecked`` is the guard's policy for the time before its first passing check.
+        """
         if not self.checks_enabled:
             return None
         if self.state == UNHEALTHY:
             return "service_unavailable", "the guard failed its health check"
-        if not self.ever_healthy:
+        if not self.ever_healthy and not allow_unchecked:
             return "service_unavailable", "the guard has not yet passed a health check"
         return None
+
+    def snapshot(self) -> dict[str, object]:
+        """What must survive the supervisor's restart."""
+        return {"state": self.state, "ever_healthy": self.ever_healthy, "checks": self.checks}
+
+    def restore(self, snapshot: dict[str, object]) -> None:
+        """Take back a snapshot (a replacement supervisor must not refuse traffic until the next check)."""
+        state = snapshot.get("state")
+        if state in STATES:
+            self.state = str(state)
+        self.ever_healthy = bool(snapshot.get("ever_healthy", False))
+        checks = snapshot.get("checks", 0)
+        self.checks = checks if isinstance(checks, int) else 0

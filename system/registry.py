@@ -8,6 +8,7 @@ from collections.abc import Iterable, Mapping
 from actors.messages import ServiceSpec
 from system.config import Settings, check_guard_url
 from system.errors import RequestError
+from system.policy import policy_problem
 from system.routing import GENERIC, SERVICE_NAME, SERVICE_TYPES, known_type
 
 MAX_METADATA_BYTES = 16 * 1024
@@ -79,6 +80,9 @@ def check_registration(name: object, service_type: object, url: object, metadata
         raise bad("metadata must be a JSON object") from None
     if size > MAX_METADATA_BYTES:
         raise bad(f"metadata must be at most {MAX_METADATA_BYTES} bytes of JSON")
+    problem = policy_problem(metadata)
+    if problem:
+        raise bad(problem)
     path = metadata.get("path")
     if path is not None and (not isinstance(path, str) or not path.startswith("/") or len(path) > 1024):
         raise bad("metadata.path must be a string starting with /")

@@ -93,6 +93,8 @@ class ConfigureGuard:
     spec: ServiceSpec
     settings: Any
     peers: Peers
+    # What the previous supervisor of this guard saved (GuardStateSaved), given back on restart.
+    saved: dict[str, Any] | None = None
 
 
 @attrs.frozen
@@ -271,3 +273,45 @@ class StopAccepted:
 
     request_id: str
     watched: bool
+
+
+@attrs.frozen
+class DescribeActor:
+    """Any actor: describe yourself (answered with ``ActorDescription``); used to draw the live actor tree."""
+
+    request_id: str
+
+
+@attrs.frozen
+class ActorDescription:
+    """An actor's own account: class, process, its state and its children as (name, address) pairs."""
+
+    request_id: str
+    actor_class: str
+    pid: int
+    address: str
+    state: dict[str, Any]
+    children: tuple[tuple[str, Any], ...] = ()
+
+
+@attrs.frozen
+class DescribeTree:
+    """Ask for the live actor tree (``GET /v1/actors``); answered with ``ActorTree``."""
+
+    request_id: str
+
+
+@attrs.frozen
+class ActorTree:
+    """The live actor tree: nested nodes ``{name, actor_class, address, pid, state, responsive, children}``."""
+
+    request_id: str
+    tree: dict[str, Any]
+
+
+@attrs.frozen
+class GuardStateSaved:
+    """Guard supervisor -> root: breaker and health state to give back if the supervisor is restarted."""
+
+    service: str
+    state: dict[str, Any]

@@ -25,6 +25,7 @@ class Route:
     supervisor: Any
     metadata: dict[str, Any] = attrs.field(factory=dict)
     source: str = "api"
+    failure_policy: str = "fail_closed"
 
 
 @attrs.frozen
@@ -87,10 +88,13 @@ class RepliesBatch:
 
 @attrs.frozen
 class WorkBatch:
-    """Calls a supervisor hands to one idle worker, made one after another."""
+    """Calls a supervisor hands to one idle worker, made one after another; ``retry_tokens`` is how many retries
+    the worker may spend on them (the supervisor's retry budget), each call tried at most ``max_attempts`` times."""
 
     batch_id: int
     calls: tuple[CallGuard, ...]
+    retry_tokens: int = 0
+    max_attempts: int = 1
 
 
 @attrs.frozen
@@ -107,3 +111,4 @@ class WorkDone:
 
     batch_id: int
     records: tuple[CallRecord, ...]
+    retries: int = 0

@@ -25,3 +25,10 @@ class HealthChecked:
     status_code: int
     message: str
     duration_s: float
+
+
+@attrs.frozen
+class CheckNow:
+    """Guard supervisor -> HealthMonitor: check this guard now (its breaker just opened)."""
+
+    service: str

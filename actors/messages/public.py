@@ -35,6 +35,8 @@ class OrchestrationResult:
     duration_ms: float = 0.0
     http_status: int = 200
     retry_after: int | None = None
+    # A fail-open guard failed: a success with no result; error_code and error_message say what failed.
+    degraded: bool = False
 
     @property
     def ok(self) -> bool:

@@ -10,8 +10,16 @@ from thespian.actors import ActorSystem
 
 from actors.guard_supervisor import GuardSupervisor
 from actors.messages import CallAccepted, CallBatch, CallGuard, HealthChecked, RepliesBatch, ServiceSpec
-from actors.messages.control import ConfigureGuard, DescribeService, HealthReport, Peers, ServiceDescription
-from actors.messages.events import SERVICE_HEALTH_CHANGED, Publish
+from actors.messages.control import (
+    ConfigureGuard,
+    DescribeService,
+    GuardStateSaved,
+    HealthReport,
+    Peers,
+    ServiceDescription,
+)
+from actors.messages.events import CIRCUIT_BREAKER_OPENED, SERVICE_HEALTH_CHANGED, Publish
+from system.breaker import BreakerConfig, CircuitBreaker
 from tests.actors.conftest import Entry as _Entry
 from tests.actors.conftest import collect, make_settings, of
 
@@ -113,3 +121,47 @@ def test_describe_service_reports_live_state(asys: ActorSystem, peers: Peers) ->
     assert description.state["circuit"] == "closed"
     assert description.state["in_flight"] == 0
     assert description.state["workers"] == 1
+
+
+def _events(received: list[Any], event_type: str) -> list[Any]:
+    return [m.event for m in of(Publish, received) if m.event.event_type == event_type]
+
+
+@responses.activate
+def test_failures_trip_the_breaker_with_an_event_carrying_the_cause_and_figures(asys: ActorSystem,
+                                                                                peers: Peers) -> None:
+    responses.add(responses.POST, URL + "/scan", json={"e": 1}, status=500)
+    supervisor = _supervisor(asys, peers, workers_per_guard=1, breaker=BreakerConfig(
+        window_size=4, minimum_calls=4, open_base_s=30, open_max_s=60))
+    entry = asys.createActor(_Entry)
+    asys.tell(entry, ("attach", supervisor))
+    asys.tell(entry, CallBatch(1, "tokenguard", tuple(_call(k, entry) for k in range(4))))
+    received = collect(asys, lambda got: len(_replies(got)) == 4 and bool(_events(got, CIRCUIT_BREAKER_OPENED))
+                       and bool(of(GuardStateSaved, got)))
+    assert {r.outcome for r in _replies(received).values()} == {"upstream_error"}
+    (opened,) = _events(received, CIRCUIT_BREAKER_OPENED)
+    assert opened.data["service_name"] == "tokenguard"
+    assert (opened.data["cause"], opened.data["failure_rate"], opened.data["calls"]) == ("failure_rate", 1.0, 4)
+    assert opened.data["open_for_s"] == 30
+    assert of(GuardStateSaved, received)[-1].state["breaker"]["state"] == "open"
+    # Open: the next call is refused at once, with the time left as Retry-After, and the guard is not called.
+    asys.tell(entry, CallBatch(2, "tokenguard", (_call(9, entry),)))
+    refused = _replies(collect(asys, lambda got: 9 in _replies(got)))[9]
+    assert refused.outcome == "circuit_open"
+    assert 25 <= (refused.retry_after or 0) <= 30
+    assert len(responses.calls) == 4
+
+
+def test_a_restarted_supervisor_gets_its_open_breaker_back(asys: ActorSystem, peers: Peers) -> None:
+    saved = {"breaker": CircuitBreaker(BreakerConfig()).snapshot() | {"state": "open", "trips": 2,
+                                                                      "open_until_remaining_s": 20.0},
+             "health": {"state": "HEALTHY", "ever_healthy": True, "checks": 3}}
+    supervisor = asys.createActor(GuardSupervisor)
+    spec = ServiceSpec("tokenguard", "tokenguard", URL, {}, "env")
+    asys.tell(supervisor, ConfigureGuard(spec, make_settings(disable_health_checks=False), peers, saved))
+    entry = asys.createActor(_Entry)
+    asys.tell(entry, ("attach", supervisor))
+    asys.tell(entry, CallBatch(1, "tokenguard", (_call(1, entry),)))
+    reply = _replies(collect(asys, lambda got: 1 in _replies(got)))[1]
+    # Health came back (no "never yet healthy" refusal), and so did the open breaker.
+    assert reply.outcome == "circuit_open"

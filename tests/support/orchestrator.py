@@ -63,6 +63,11 @@ def tagged_pids(tag: str) -> list[int]:
     return [pid for pid in found if pid != os.getpid() and not _zombie(pid)]
 
 
+def processes(tag: str, name: str) -> list[int]:
+    """The pids of a run's processes named ``name`` (actors name their process after their class)."""
+    return [pid for pid in tagged_pids(tag) if _cmdline(pid) == name[:15]]
+
+
 def _cmdline(pid: int) -> str:
     try:
         with open(f"/proc/{pid}/comm") as f:

@@ -39,9 +39,10 @@ def request(service: str = "a", request_id: str = "req-1", timeout: float = 30.0
     return OrchestrateRequest(request_id, service, payload if payload is not None else {"text": "x"}, timeout)
 
 
-def make(*routes: Route, max_in_flight: int = 100) -> tuple[Dispatcher, Clocks]:
+def make(*routes: Route, max_in_flight: int = 100, max_per_service: int | None = None) -> tuple[Dispatcher, Clocks]:
     clocks = Clocks()
-    dispatcher = Dispatcher("entry", max_in_flight, clock=lambda: clocks.mono, wallclock=lambda: clocks.wall)
+    dispatcher = Dispatcher("entry", max_in_flight, max_per_service, clock=lambda: clocks.mono,
+                            wallclock=lambda: clocks.wall)
     dispatcher.set_routes(routes or [route("a"), route("b")])
     return dispatcher, clocks
 
@@ -68,6 +69,25 @@ def test_overloaded_once_max_in_flight_are_pending_and_free_again_after_finish()
     dispatcher.finish(first.key)
     dispatcher.submit(request(), "o4")
     assert dispatcher.in_flight == 2
+
+
+def test_one_service_cannot_take_more_than_its_share_of_the_in_flight_places():
+    dispatcher, clocks = make(max_in_flight=4, max_per_service=3)
+    held = [dispatcher.submit(request("a"), f"o{i}") for i in range(3)]
+    with pytest.raises(RequestError) as info:
+        dispatcher.submit(request("a"), "o4")
+    assert info.value.code == "overloaded" and "to a" in info.value.message
+    dispatcher.submit(request("b"), "o5")  # the other service still gets its place
+    # Every way a request leaves frees its service's place: finish, expiry, and its route going away.
+    dispatcher.finish(held[0].key)
+    dispatcher.submit(request("a"), "o6")
+    clocks.mono += 31
+    assert len(dispatcher.expired()) == 4
+    assert [dispatcher.submit(request("a"), f"p{i}").service for i in range(3)] == ["a"] * 3
+    removed, _ = dispatcher.set_routes([route("b")])
+    assert len(removed) == 3
+    dispatcher.set_routes([route("a"), route("b")])
+    assert dispatcher.submit(request("a"), "q").service == "a"
 
 
 def test_pending_records_origin_times_supervisor_and_body_size():

@@ -1,0 +1,67 @@
+"""Drawing the live actor tree: a breadth-first walk that asks each actor to describe itself and its children.
+
+Plain bookkeeping for the entry that draws it. The walk ends when every actor asked has answered or at its
+deadline, whichever comes first; an actor that has not answered by then (stuck in a long call, or gone) is shown
+with ``"responsive": false`` and no children, so the tree is always drawn within the deadline.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+from actors.messages.control import ActorDescription
+
+
+class TreeWalk:
+    """One walk of the tree from the root; see the module docstring."""
+
+    _ids = itertools.count(1)
+
+    def __init__(self, root_name: str, root_address: Any, deadline: float):
+        self.deadline = deadline
+        self._walk = f"tree-{next(self._ids)}"
+        self._root = self._node(root_name, root_address)
+        self._root_address = root_address
+        self._waiting: dict[str, dict[str, Any]] = {}
+        self._serial = itertools.count(1)
+
+    def start(self) -> list[tuple[str, Any]]:
+        """The first question to send: (request_id, address)."""
+        return [self._ask(self._root, self._root_address)]
+
+    def owns(self, request_id: str) -> bool:
+        """True when a description answers this walk."""
+        return request_id in self._waiting
+
+    def described(self, message: ActorDescription) -> list[tuple[str, Any]]:
+        """Take one answer; return the questions to send to its children."""
+        node = self._waiting.pop(message.request_id, None)
+        if node is None:
+            return []
+        node.update(actor_class=message.actor_class, address=message.address, pid=message.pid,
+                    state=message.state, responsive=True)
+        questions = []
+        for name, address in message.children:
+            child = self._node(name, address)
+            node["children"].append(child)
+            questions.append(self._ask(child, address))
+        return questions
+
+    @property
+    def done(self) -> bool:
+        """Every actor asked has answered."""
+        return not self._waiting
+
+    def result(self) -> dict[str, Any]:
+        """The tree as drawn so far (``GET /v1/actors``)."""
+        return self._root
+
+    def _node(self, name: str, address: Any) -> dict[str, Any]:
+        return {"name": name, "actor_class": None, "address": str(address), "pid": None, "state": {},
+                "responsive": False, "children": []}
+
+    def _ask(self, node: dict[str, Any], address: Any) -> tuple[str, Any]:
+        request_id = f"{self._walk}/{next(self._serial)}"
+        self._waiting[request_id] = node
+        return request_id, address
