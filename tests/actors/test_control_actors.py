@@ -129,3 +129,28 @@ def test_health_monitor_checks_each_guard_and_tells_its_supervisor(asys: ActorSy
     checked = of(HealthChecked, collect(asys, lambda got: len(of(HealthChecked, got)) == 3))
     assert {m.service: m.state for m in checked} == {"a": "HEALTHY", "b": "DEGRADED", "c": "UNHEALTHY"}
     assert {m.service: m.status_code for m in checked} == {"a": 200, "b": 200, "c": 500}
+
+
+@responses.activate
+def test_a_failed_health_check_is_tried_again_before_the_guard_is_reported_unhealthy(asys: ActorSystem,
+                                                                                     peers: Peers) -> None:
+    # Fails once, then passes: the supervisor only ever hears HEALTHY.
+    responses.add(responses.GET, "http://a:1/health", status=503)
+    responses.add(responses.GET, "http://a:1/health", json={"status": "healthy"})
+    monitor = asys.createActor(HealthMonitor)
+    asys.tell(monitor, Configure(make_settings(disable_health_checks=False), peers))
+    asys.tell(monitor, Topology((SupervisedService(ServiceSpec("a", "tokenguard", "http://a:1"), peers.router),), ()))
+    checked = of(HealthChecked, collect(asys, lambda got: bool(of(HealthChecked, got))))
+    assert [m.state for m in checked] == ["HEALTHY"]
+    assert len(responses.calls) == 2
+
+
+@responses.activate
+def test_a_guard_failing_every_attempt_is_reported_unhealthy_once(asys: ActorSystem, peers: Peers) -> None:
+    responses.add(responses.GET, "http://a:1/health", status=503)
+    monitor = asys.createActor(HealthMonitor)
+    asys.tell(monitor, Configure(make_settings(disable_health_checks=False), peers))
+    asys.tell(monitor, Topology((SupervisedService(ServiceSpec("a", "tokenguard", "http://a:1"), peers.router),), ()))
+    checked = of(HealthChecked, collect(asys, lambda got: bool(of(HealthChecked, got))))
+    assert [(m.state, m.status_code) for m in checked] == [("UNHEALTHY", 503)]
+    assert len(responses.calls) == 3  # CHECK_ATTEMPTS

@@ -276,3 +276,41 @@ def test_past_the_restart_intensity_the_orchestrator_escalates_and_stops(guards:
         # The second death in the period is past the budget: the root asks `aeyon serve` to stop everything.
         assert orch.process.wait(30) == 1
         assert "restart intensity exceeded" in orch.log()
+
+
+def test_a_fail_open_guard_that_fails_answers_a_degraded_success(tuned: Orchestrator,
+                                                                 recovered: dict[str, FakeGuard]) -> None:
+    assert tuned.post("/v1/services", {"name": "advisory", "service_type": "biasguard",
+                                       "url": recovered["biasguard"].url,
+                                       "metadata": {"failure_policy": "fail_open"}}).status_code == 201
+    try:
+        wait_for(lambda: tuned.orchestrate("advisory", {"text": "x"}).status_code == 200, 10, "the new service")
+        recovered["biasguard"].set_mode("status", code=500)
+        response = tuned.orchestrate("advisory", {"text": "x"}, request_id="adv-1")
+        assert response.status_code == 200
+        body = response.json()
+        assert body["status"] == "success" and body["degraded"] is True and body["result"] is None
+        assert body["degraded_reason"]["code"] == "upstream_error"
+        assert body["request_id"] == "adv-1"
+        # The guard's own 4xx verdict is not a failure: it is passed back, not degraded.
+        recovered["biasguard"].set_mode("status", code=422, body={"why": "no"})
+        rejected = tuned.orchestrate("advisory", {"text": "x"})
+        assert (rejected.status_code, _code(rejected)) == (422, "guard_rejected")
+        # The same guard under its fail-closed registration still fails loudly.
+        recovered["biasguard"].set_mode("status", code=500)
+        assert _code(tuned.orchestrate("biasguard", {"text": "x"})) == "upstream_error"
+    finally:
+        tuned.session.delete(tuned.base_url + "/v1/services/advisory", timeout=10)
+
+
+def test_fail_open_from_the_environment(guards: dict[str, FakeGuard], tmp_path: Path) -> None:
+    env = {**guard_env(guards), "AEYON_FAIL_OPEN": "healthguard"}
+    guards["healthguard"].set_mode("hang")
+    try:
+        with running(env, tmp_path / "serve.log") as orch:
+            response = orch.orchestrate("healthguard", {"text": "x"}, timeout=0.5)
+            assert response.status_code == 200
+            assert response.json()["degraded_reason"]["code"] == "upstream_timeout"
+            assert _services(orch)["healthguard"]["failure_policy"] == "fail_open"
+    finally:
+        guards["healthguard"].set_mode("ok")
