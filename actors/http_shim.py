@@ -88,7 +88,9 @@ class HttpShim(AeyonActor):
         self.described: dict[str, dict[str, Any]] = {}
         self.timer_at: float | None = None
         self.next_sweep = 0.0
-        self.counters = {"requests": 0, "answered": 0, "timeouts": 0, "errors": 0, "batches": 0, "batched_calls": 0}
+        self.counters = {"requests": 0, "answered": 0, "timeouts": 0, "errors": 0, "cancelled": 0, "batches": 0,
+                         "batched_calls": 0}
+        self.conn_keys: dict[int, int] = {}
 
     # -- the actor's loop --------------------------------------------------------------------------------------
 
@@ -113,6 +115,12 @@ class HttpShim(AeyonActor):
                 for request in ready:
                     self._handle_http(request)
                 ready = self.server.take_ready()
+            for conn_id in self.server.take_gone():
+                # Like a proxy's 499: the caller left, so its request stops holding an in-flight place. The
+                # guard call may still finish; its answer is then dropped.
+                key = self.conn_keys.pop(conn_id, None)
+                if key is not None and self.dispatcher is not None and self.dispatcher.finish(key) is not None:
+                    self.counters["cancelled"] += 1
         if self.dispatcher is not None:
             for supervisor, batch in self.dispatcher.batches():
                 self.counters["batches"] += 1
@@ -289,6 +297,7 @@ class HttpShim(AeyonActor):
     # -- HTTP --------------------------------------------------------------------------------------------------
 
     def _respond(self, conn_id: int, status: int, headers: list[tuple[str, str]], body: bytes) -> None:
+        self.conn_keys.pop(conn_id, None)
         if self.server is not None:
             self.server.respond(conn_id, status, headers, body)
 
@@ -364,9 +373,11 @@ class HttpShim(AeyonActor):
         try:
             valid = parse_orchestrate_body(request.body, header_request_id=fallback,
                                            client_id=request.headers.get("x-client-id") or request.client_ip)
-            self.dispatcher.submit(valid, request.conn_id)
+            pending = self.dispatcher.submit(valid, request.conn_id)
         except RequestError as exc:
             self._http_error(request.conn_id, exc, fallback)
+            return
+        self.conn_keys[request.conn_id] = pending.key
 
     def _admin_refused(self, request: HttpRequest, request_id: str) -> bool:
         refusal = admin_refusal(request.headers.get("authorization"), request.client_ip, self.settings.admin_token)

@@ -119,6 +119,7 @@ class HttpServer:
         self._by_id: dict[int, _Connection] = {}
         self._next_id = 1
         self._ready: list[HttpRequest] = []
+        self._gone: list[int] = []
         self._date = b""
         self._date_at = 0.0
         self.address: tuple[str, int] = ("", 0)
@@ -188,6 +189,12 @@ class HttpServer:
             if events & (_IN | _GONE):
                 self._read(conn)
         return self.take_ready()
+
+    def take_gone(self) -> list[int]:
+        """Connections closed while their request was with the application (the client went away): the
+        application may stop waiting for those answers."""
+        gone, self._gone = self._gone, []
+        return gone
 
     def take_ready(self) -> list[HttpRequest]:
         """Requests completed since the last call (answering one may release a pipelined one)."""
@@ -453,6 +460,8 @@ class HttpServer:
         if self._conns.pop(conn.fd, None) is None:
             return
         self._by_id.pop(conn.conn_id, None)
+        if conn.state == _APP:
+            self._gone.append(conn.conn_id)
         with contextlib.suppress(OSError, ValueError):
             self._epoll.unregister(conn.fd)
         conn.sock.close()

@@ -11,7 +11,7 @@ import pytest
 
 from system.routing import SERVICE_TYPES
 from tests.support.fake_guard import FakeGuard, last_post
-from tests.support.orchestrator import Orchestrator
+from tests.support.orchestrator import Orchestrator, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -267,12 +267,22 @@ def test_malformed_http_gets_400_and_the_connection_closes(orchestrator: Orchest
     assert answer.startswith(b"HTTP/1.1 400"), answer[:100]
 
 
-def test_the_server_survives_a_client_that_disconnects_mid_request(orchestrator: Orchestrator,
-                                                                   fresh_guards: dict[str, FakeGuard]) -> None:
-    fresh_guards["tokenguard"].set_mode("slow", delay=0.3)
+def _shim_state(orchestrator: Orchestrator) -> dict:
+    tree = orchestrator.get("/v1/actors").json()
+    return next(c for c in tree["children"] if c["name"] == "http_shim-0")["state"]
+
+
+def test_a_client_that_disconnects_mid_request_frees_its_place(orchestrator: Orchestrator,
+                                                               fresh_guards: dict[str, FakeGuard]) -> None:
+    cancelled = _shim_state(orchestrator)["cancelled"]
+    fresh_guards["tokenguard"].set_mode("slow", delay=3.0)
     body = b'{"service": "tokenguard", "payload": {}}'
     with socket.create_connection(("127.0.0.1", orchestrator.http_port), timeout=5) as sock:
         sock.sendall(b"POST /v1/orchestrate HTTP/1.1\r\nHost: x\r\nContent-Length: "
                      + str(len(body)).encode() + b"\r\n\r\n" + body)
+        wait_for(lambda: _shim_state(orchestrator)["in_flight"] == 1, 5, "the request in flight")
+    # The caller left: its request no longer holds one of the in-flight places, long before the guard answers.
+    wait_for(lambda: _shim_state(orchestrator)["in_flight"] == 0, 2.0, "its place to be freed")
+    assert _shim_state(orchestrator)["cancelled"] == cancelled + 1
     fresh_guards["tokenguard"].set_mode("ok")
     assert orchestrator.orchestrate("tokenguard", {"text": "after"}).status_code == 200
