@@ -111,7 +111,9 @@ class HealthMonitor(AeyonActor):
         return None
 
     def _arm_timer(self) -> None:
-        waiting = [t.due for t in self.targets.values() if not t.running]
+        # Checks already queued for a worker start when one is free (HealthChecked), not on a timer: arming one
+        # for them while every worker is busy would spin.
+        waiting = [t.due for t in self.targets.values() if not t.running and t.name not in self.waiting]
         if not waiting:
             return
         due = min(waiting)

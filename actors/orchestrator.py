@@ -13,6 +13,7 @@ Tree::
 from __future__ import annotations
 
 import itertools
+import os
 from typing import Any
 
 from thespian.actors import ActorExitRequest, ChildActorExited, WakeupMessage
@@ -118,7 +119,7 @@ class Orchestrator(AeyonActor):
     def receiveMsg_Start(self, message: Start, sender: Any) -> None:
         if self.settings is not None:
             if self.started and self.http_address is not None:
-                self.send(sender, Started(message.request_id, *self.http_address))
+                self.send(sender, Started(message.request_id, *self.http_address, os.getsid(0)))
             else:
                 self.send(sender, StartFailed(message.request_id, "the orchestrator is already starting"))
             return
@@ -159,7 +160,7 @@ class Orchestrator(AeyonActor):
         self._push_readiness()
         if not self.started and all(s.listening for s in self.shims) and self.starter is not None:
             self.started = True
-            self.send(self.starter[0], Started(self.starter[1], message.host, message.port))
+            self.send(self.starter[0], Started(self.starter[1], message.host, message.port, os.getsid(0)))
             self.starter = None
 
     def receiveMsg_WakeupMessage(self, message: WakeupMessage, sender: Any) -> None:
@@ -346,7 +347,7 @@ class Orchestrator(AeyonActor):
     def receiveMsg_StopOrchestrator(self, message: StopOrchestrator, sender: Any) -> None:
         if self.watcher is not None:
             self.send(self.watcher, ShutdownRequested(message.request_id, "aeyon stop"))
-        self.send(sender, StopAccepted(message.request_id, self.watcher is not None))
+        self.send(sender, StopAccepted(message.request_id, self.watcher is not None, os.getsid(0)))
 
     def receiveMsg_ActorExitRequest(self, message: ActorExitRequest, sender: Any) -> None:
         # Children stop with us; their exits must not be taken for failures and replaced (that would leak

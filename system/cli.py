@@ -153,13 +153,15 @@ def format_tree(node: dict[str, Any], depth: int = 0) -> str:
 def _stop(args: argparse.Namespace) -> int:
     from system.actor_system import admin_listening
     from system.gateway import Gateway
+    from system.reaper import reap_session
 
     gw = Gateway.connect(admin_port=args.admin_port)
     try:
-        watched = gw.stop()
-        if not watched:
+        accepted = gw.stop()
+        if not accepted.watched:
             # Nobody runs `aeyon serve` for this system any more: stop it from here.
             gw.shutdown_system()
+            reap_session(accepted.session_id)
     finally:
         gw.close()
     deadline = time.monotonic() + STOP_TIMEOUT_S

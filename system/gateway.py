@@ -140,13 +140,13 @@ class Gateway:
             raise GatewayError("the orchestrator did not draw its actor tree")
         return reply.tree
 
-    def stop(self) -> bool:
-        """Ask the orchestrator to stop; True when its ``aeyon serve`` process took the request."""
+    def stop(self) -> StopAccepted:
+        """Ask the orchestrator to stop; ``watched`` when its ``aeyon serve`` process took the request."""
         request_id = new_request_id()
         reply = self._control(StopOrchestrator(request_id), request_id)
         if not isinstance(reply, StopAccepted):
             raise GatewayError("the orchestrator did not answer the stop request")
-        return reply.watched
+        return reply
 
     def shutdown_system(self) -> None:
         """Stop the whole actor system from here (when no ``aeyon serve`` process is left to do it)."""

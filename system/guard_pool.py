@@ -76,10 +76,11 @@ class GuardPool(Generic[C]):
 
     def lost(self, slot: int) -> list[C]:
         """The slot's worker died: close the slot and return the calls it held (to be answered as failed)."""
+        was_open = slot in self._busy or slot in self._idle
         calls = self._busy.pop(slot, [])
         if slot in self._idle:
             self._idle.remove(slot)
-        if slot not in self._closed:
+        if was_open:
             self._closed.append(slot)
         return calls
 

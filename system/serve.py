@@ -24,6 +24,7 @@ from actors.messages import ShutdownRequested, Start, Started, StartFailed, Watc
 from system.actor_system import root_address, start_system
 from system.config import Settings
 from system.errors import AeyonError, GatewayError
+from system.reaper import reap_session
 from system.validation import new_request_id
 
 START_TIMEOUT_S = 20.0
@@ -118,6 +119,7 @@ def serve(settings: Settings) -> int:
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     asys = None
+    session_id = 0
     try:
         try:
             asys = start_system(settings.admin_port, settings.log_level, settings.log_format)
@@ -133,6 +135,7 @@ def serve(settings: Settings) -> int:
         if not isinstance(reply, Started):
             log.error("could not start: the root actor did not answer in %g s", START_TIMEOUT_S)
             return 1
+        session_id = reply.session_id
         log.info("Aeyon Orchestrator listening on http://%s:%d (actor admin port %d, pid %d)",
                  reply.http_host, reply.http_port, settings.admin_port, os.getpid())
         asys.tell(root, WatchShutdown(request_id))
@@ -146,6 +149,11 @@ def serve(settings: Settings) -> int:
     finally:
         if asys is not None:
             asys.shutdown()
+        if session_id:
+            killed = reap_session(session_id)
+            if killed:
+                log.warning("killed %d actor processes that did not stop in time (workers blocked in calls)",
+                            len(killed))
         if guards is not None:
             guards.stop()
         for sig, handler in previous.items():

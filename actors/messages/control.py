@@ -26,6 +26,8 @@ class Started:
     request_id: str
     http_host: str
     http_port: int
+    # The actor system's session id (Thespian's admin calls setsid): what to reap if shutdown leaves anything.
+    session_id: int = 0
 
 
 @attrs.frozen
@@ -273,6 +275,7 @@ class StopAccepted:
 
     request_id: str
     watched: bool
+    session_id: int = 0
 
 
 @attrs.frozen

@@ -284,7 +284,9 @@ def test_a_fail_open_guard_that_fails_answers_a_degraded_success(tuned: Orchestr
                                        "url": recovered["biasguard"].url,
                                        "metadata": {"failure_policy": "fail_open"}}).status_code == 201
     try:
-        wait_for(lambda: tuned.orchestrate("advisory", {"text": "x"}).status_code == 200, 10, "the new service")
+        # Until its first health check passes it is unavailable, which a fail-open guard also turns into a
+        # degraded success: wait for a real one.
+        wait_for(lambda: "degraded" not in tuned.orchestrate("advisory", {"text": "x"}).json(), 10, "the new service")
         recovered["biasguard"].set_mode("status", code=500)
         response = tuned.orchestrate("advisory", {"text": "x"}, request_id="adv-1")
         assert response.status_code == 200
@@ -314,3 +316,24 @@ def test_fail_open_from_the_environment(guards: dict[str, FakeGuard], tmp_path: 
             assert _services(orch)["healthguard"]["failure_policy"] == "fail_open"
     finally:
         guards["healthguard"].set_mode("ok")
+
+
+def test_at_most_ten_health_checks_run_at_once(guards: dict[str, FakeGuard], tmp_path: Path) -> None:
+    with FakeGuard() as stuck:
+        stuck.set_health(mode="hang")
+        env = {**guard_env(guards), "AEYON_HEALTH_TIMEOUT": "20"}
+        with running(env, tmp_path / "serve.log") as orch:
+            for i in range(12):
+                assert orch.post("/v1/services", {"name": f"stuck-{i}", "service_type": "tokenguard",
+                                                  "url": stuck.url}).status_code == 201
+
+            def monitor() -> dict:
+                return find_node(orch.get("/v1/actors").json(), "health_monitor") or {}
+
+            wait_for(lambda: monitor().get("state", {}).get("checks_in_flight") == 10, 10, "ten checks in flight")
+            assert len(monitor()["children"]) == 10
+            # A guard whose health checks hang gets no traffic; the others are served meanwhile.
+            assert _code(orch.orchestrate("stuck-0", {"text": "x"})) == "service_unavailable"
+            assert orch.orchestrate("tokenguard", {"text": "x"}).status_code == 200
+            started = time.monotonic()
+        print(f"\nstopped in {time.monotonic() - started:.1f} s with ten health checks hanging")

@@ -3,16 +3,18 @@ stopping every process (by `aeyon stop`, SIGTERM or SIGINT)."""
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 from tests.integration.conftest import guard_env
 from tests.support.fake_guard import FakeGuard
-from tests.support.orchestrator import REPO, Orchestrator, clean_env, free_port, running, tagged_pids
+from tests.support.orchestrator import REPO, Orchestrator, clean_env, free_port, running, tagged_pids, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -90,3 +92,29 @@ def test_serve_fails_clearly_when_the_http_port_is_taken(guards: dict[str, FakeG
             second.stop()
         assert code == 1
         assert "cannot listen on" in second.log()
+
+
+def test_stopping_with_a_worker_blocked_in_a_long_call_leaves_no_process_behind(
+    guards: dict[str, FakeGuard], tmp_path: Path
+) -> None:
+    guards["trustguard"].set_mode("hang")
+    pool = ThreadPoolExecutor(1)
+    try:
+        orch = Orchestrator(guard_env(guards), tmp_path / "serve.log")
+        try:
+            orch.wait_ready()
+            pending = pool.submit(orch.orchestrate, "trustguard", {"text": "x"}, timeout=120)
+            wait_for(lambda: guards["trustguard"].count(method="POST") >= 1, 10, "the call to hang")
+            started = time.monotonic()
+        finally:
+            code = orch.stop()  # raises if any process is left
+        stopped_s = time.monotonic() - started
+        assert code == 0
+        assert stopped_s < 25  # Thespian gives up on the blocked worker after 10 s; what is left is killed
+        # The caller was not left hanging either: its connection closed with the shim.
+        with contextlib.suppress(Exception):
+            pending.result(timeout=10)
+        assert pending.done()
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+        guards["trustguard"].set_mode("ok")
