@@ -18,9 +18,12 @@ from actors.messages import (
 )
 from actors.messages.control import Configure, Refused, RestoreRegistry
 from actors.messages.events import SERVICE_DISCOVERED, SERVICE_REGISTERED, SERVICE_UNREGISTERED
+from system import metrics
 from system.clock import wallclock
 from system.errors import RequestError
 from system.registry import Registry
+
+_ACTIONS = {SERVICE_DISCOVERED: "discovered", SERVICE_REGISTERED: "registered", SERVICE_UNREGISTERED: "unregistered"}
 
 
 class Discovery(AeyonActor):
@@ -75,6 +78,7 @@ class Discovery(AeyonActor):
         self.send(self.peers.orchestrator, RegistryChanged(self.registry.specs()))
 
     def _publish(self, event_type: str, name: str, data: dict[str, Any]) -> None:
+        metrics.DISCOVERIES.labels(name, _ACTIONS[event_type]).inc()
         self.send(self.peers.event_bus, Publish(Event(event_type, wallclock(), {"service_name": name, **data},
                                                       source="discovery")))
 

@@ -24,16 +24,18 @@ from actors.messages import (
 )
 from actors.messages.control import Configure
 from actors.messages.events import EVENT_TYPES, PER_REQUEST_EVENT_TYPES, RegisterPublisher
+from system import metrics
 
 RECENT_EVENTS = 1000
 
 
 class _Subscriber:
-    __slots__ = ("address", "types")
+    __slots__ = ("address", "handler", "types")
 
-    def __init__(self, address: Any, types: frozenset[str]):
+    def __init__(self, address: Any, types: frozenset[str], handler: str):
         self.address = address
         self.types = types
+        self.handler = handler
 
     def wants(self, event_type: str) -> bool:
         return not self.types or event_type in self.types
@@ -52,7 +54,9 @@ class EventBus(AeyonActor):
         self.interest: frozenset[str] = frozenset()
 
     def receiveMsg_Configure(self, message: Configure, sender: Any) -> None:
-        pass
+        for event_type in EVENT_TYPES:  # the series exist from the start, at zero
+            metrics.EVENTS_PUBLISHED.labels(event_type)
+            metrics.EVENTS_HANDLED.labels(event_type, "actor")
 
     def receiveMsg_Publish(self, message: Publish, sender: Any) -> None:
         self._publish(message.event)
@@ -69,14 +73,16 @@ class EventBus(AeyonActor):
         event = attrs.evolve(event, sequence=self.sequence)
         self.recent.append(event)
         self.published[event.event_type] += 1
+        metrics.EVENTS_PUBLISHED.labels(event.event_type).inc()
         for subscriber in self.subscribers:
             if subscriber.wants(event.event_type):
                 self.send(subscriber.address, EventNotice(event))
+                metrics.EVENTS_HANDLED.labels(event.event_type, subscriber.handler).inc()
 
     def receiveMsg_Subscribe(self, message: Subscribe, sender: Any) -> None:
         types = frozenset(t for t in message.event_types if t in self.published)
         self.subscribers = [s for s in self.subscribers if s.address != sender]
-        self.subscribers.append(_Subscriber(sender, types))
+        self.subscribers.append(_Subscriber(sender, types, message.handler or "actor"))
         replay: tuple[Event, ...] = ()
         if message.since is not None:
             replay = tuple(e for e in self.recent

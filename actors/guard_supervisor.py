@@ -44,11 +44,12 @@ from actors.messages.events import (
     Publish,
 )
 from actors.messages.health import CheckNow
+from system import metrics
 from system.breaker import OPEN, CircuitBreaker, Transition
 from system.clock import wallclock
 from system.guard_client import DEGRADED, HEALTHY
 from system.guard_pool import GuardPool
-from system.health import HealthState
+from system.health import STATUS_VALUE, HealthState
 from system.policy import GuardPolicy
 from system.restart import RestartIntensity
 from system.retry import RetryBudget
@@ -123,6 +124,8 @@ class GuardSupervisor(AeyonActor):
                         else CircuitBreaker(self.policy.breaker))
         if saved.get("health"):
             self.health.restore(saved["health"])
+        metrics.BREAKER_STATE.labels(self.spec.name).set(metrics.BREAKER_VALUE[self.breaker.state])
+        metrics.SERVICE_HEALTH.labels(self.spec.name).set(STATUS_VALUE[self.health.state])
         # One worker ahead of demand, so the first request does not wait for a process to start.
         self.pool.open_slot(0)
         self.workers.append(_Worker(0, self.createActor(GuardWorker)))
@@ -173,7 +176,13 @@ class GuardSupervisor(AeyonActor):
             worker.flagged = 0
             self._next_batch += 1
             self.send(worker.address, WorkBatch(worker.batch_id, tuple(calls), worker.tokens, attempts))
+        self._gauges()
         self._tick_soon()
+
+    def _gauges(self) -> None:
+        if self.pool is not None and self.spec is not None:
+            metrics.GUARD_IN_FLIGHT.labels(self.spec.name).set(self.pool.in_flight)
+            metrics.GUARD_QUEUE.labels(self.spec.name).set(self.pool.queued)
 
     def receiveMsg_WorkDone(self, message: WorkDone, sender: Any) -> None:
         assert self.pool is not None
@@ -183,6 +192,8 @@ class GuardSupervisor(AeyonActor):
         self.pool.done(worker.slot)
         self._return_tokens(worker)
         self.counters["retries"] += message.retries
+        if message.retries:
+            metrics.GUARD_RETRIES.labels(self.spec.name).inc(message.retries)
         slow_s = self.policy.breaker.slow_call_duration_s
         for record in message.records:
             if worker.flagged and record.duration_s >= slow_s:
@@ -235,8 +246,10 @@ class GuardSupervisor(AeyonActor):
                 "cause": transition.cause, "failure_rate": round(transition.failure_rate, 4),
                 "slow_call_rate": round(transition.slow_call_rate, 4), "calls": transition.calls,
                 "open_for_s": transition.open_for_s, "trips": transition.trips}
+        metrics.BREAKER_STATE.labels(self.spec.name).set(metrics.BREAKER_VALUE[transition.state])
         if transition.state == OPEN:
             self.counters["trips"] += 1
+            metrics.BREAKER_TRIPS.labels(self.spec.name).inc()
             self._publish(CIRCUIT_BREAKER_OPENED, data)
             assert self.pool is not None
             # Calls still queued would only wait to fail: answer them now.
@@ -270,6 +283,7 @@ class GuardSupervisor(AeyonActor):
         if lost:
             self._transition(self.breaker.record(True, time.monotonic() - worker.started))
         self.counters["worker_restarts"] += 1
+        metrics.ACTOR_RESTARTS.labels("GuardWorker").inc()
         self._publish(ACTOR_RESTARTED, {"actor": f"{self.spec.name}/worker-{worker.slot}",
                                         "actor_class": "GuardWorker", "restarts": self.counters["worker_restarts"]})
         if not self.intensity.allow():
@@ -303,6 +317,7 @@ class GuardSupervisor(AeyonActor):
         first = self.health.checks == 0
         previous = self.health.state
         changed = self.health.record(message.state)
+        metrics.SERVICE_HEALTH.labels(self.spec.name).set(STATUS_VALUE[message.state])
         if changed and self.peers is not None:
             self._publish(SERVICE_HEALTH_CHANGED, {"service_name": self.spec.name, "previous": previous,
                                                    "state": message.state, "message": message.message})

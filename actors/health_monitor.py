@@ -21,6 +21,7 @@ from actors.base import AeyonActor
 from actors.health_worker import HealthWorker
 from actors.messages import CheckHealth, CheckNow, HealthChecked
 from actors.messages.control import Configure, Topology
+from system import metrics
 from system.guard_client import UNHEALTHY
 from system.retry import RetryPolicy
 from system.routing import health_url
@@ -130,6 +131,8 @@ class HealthMonitor(AeyonActor):
     def receiveMsg_HealthChecked(self, message: HealthChecked, sender: Any) -> None:
         self._release(sender)
         self.checks += 1
+        metrics.HEALTH_CHECKS.labels(message.service, message.state.lower()).inc()
+        metrics.HEALTH_CHECK_DURATION.labels(message.service).observe(message.duration_s)
         target = self.targets.get(message.service)
         if target is not None:
             target.running = False

@@ -12,64 +12,50 @@ import json
 import time
 from typing import Any
 
-import attrs
 from thespian.actors import ActorExitRequest, PoisonMessage, ThespianWatch, WakeupMessage, WatchMessage
 
 from actors.base import AeyonActor
 from actors.messages import (
     CallAccepted,
     CallBatch,
-    DescribeService,
     Event,
     EventsInterest,
-    ListServices,
     Orchestrate,
     OrchestrationResult,
     PublishBatch,
-    RegisterService,
     RepliesBatch,
     RoutesChanged,
-    ServiceDescription,
-    ServiceList,
-    ServiceRegistered,
-    ServiceUnregistered,
-    UnregisterService,
 )
 from actors.messages.control import (
-    ActorDescription,
-    ActorTree,
     Configure,
-    DescribeActor,
-    DescribeTree,
+    RateLimitGrant,
     Readiness,
-    Refused,
     ShimListening,
+    ViolationsObserved,
 )
 from actors.messages.dataplane import GuardReplied
 from actors.messages.events import REQUEST_FAILED, REQUEST_ROUTED, RegisterPublisher
-from system.admin_auth import admin_refusal
+from actors.shim_ops import ShimOps
+from system import metrics
 from system.dispatch import Dispatcher, Pending
+from system.edge import VIOLATION_TYPES, Edge, Screened
 from system.envelope import degraded_body, error_body, error_status, json_body, response_headers, success_body
 from system.errors import RequestError
 from system.http_server import HttpLimits, HttpRequest, HttpServer
-from system.ops import CONTROL_TIMEOUT_S, LISTING_TIMEOUT_S, Op, OpsTable, registry_answer, services_view
+from system.ops import OpsTable
 from system.policy import DEGRADABLE_CODES, FAIL_OPEN
 from system.tree import TreeWalk
 from system.validation import (
     new_request_id,
-    parse_json_object,
     parse_orchestrate_body,
     valid_request_id,
     validate_orchestrate,
 )
 
 SWEEP_INTERVAL_S = 1.0
-# /v1/actors answers within a second even when an actor is stuck (it is shown as unresponsive).
-TREE_TIMEOUT_S = 0.8
-ROOT_NAME = "aeyon-orchestrator"
 
 
-class HttpShim(AeyonActor):
+class HttpShim(ShimOps, AeyonActor):
     """See the module docstring."""
 
     def __init__(self, *args: Any, **kwargs: Any):
@@ -91,6 +77,9 @@ class HttpShim(AeyonActor):
         self.counters = {"requests": 0, "answered": 0, "timeouts": 0, "errors": 0, "cancelled": 0, "batches": 0,
                          "batched_calls": 0}
         self.conn_keys: dict[int, int] = {}
+        self.edge: Edge | None = None
+        self.violations: list[tuple[str, str, str]] = []
+        self.identifier_labels = metrics.IdentifierLabels()
 
     # -- the actor's loop --------------------------------------------------------------------------------------
 
@@ -122,13 +111,23 @@ class HttpShim(AeyonActor):
                 if key is not None and self.dispatcher is not None and self.dispatcher.finish(key) is not None:
                     self.counters["cancelled"] += 1
         if self.dispatcher is not None:
+            now = time.monotonic()
             for supervisor, batch in self.dispatcher.batches():
                 self.counters["batches"] += 1
                 self.counters["batched_calls"] += len(batch.calls)
+                routing = metrics.ROUTING_DURATION.labels(batch.service)
+                for call in batch.calls:
+                    pending = self.dispatcher.pending(call.key)
+                    if pending is not None:
+                        routing.observe(now - pending.started)
                 self.send(supervisor, batch)
+            metrics.IN_FLIGHT.set(self.dispatcher.in_flight)
         if self.events and self.peers is not None:
             self.send(self.peers.event_bus, PublishBatch(tuple(self.events)))
             self.events = []
+        if self.violations and self.peers is not None:
+            self.send(self.peers.rate_limiter, ViolationsObserved(tuple(self.violations)))
+            self.violations = []
         self._arm_timer()
 
     def receiveMsg_Configure(self, message: Configure, sender: Any) -> None:
@@ -140,7 +139,15 @@ class HttpShim(AeyonActor):
         settings = message.settings
         self.dispatcher = Dispatcher(self.myAddress, max(1, settings.max_in_flight // settings.shims),
                                      max(1, settings.max_in_flight_per_guard // settings.shims))
-        server = HttpServer(HttpLimits(), self._protocol_error)
+        self.edge = Edge(settings, share=max(1.0 / settings.shims, 1.0 / settings.max_requests_per_minute))
+        for violation in VIOLATION_TYPES:  # every series exists from the start, at zero
+            metrics.SECURITY_VIOLATIONS.labels(violation)
+        metrics.RATE_LIMIT_EXCEEDED.labels("other")
+        limits = HttpLimits(header_timeout_s=settings.http_header_timeout_s,
+                            body_timeout_s=settings.http_body_timeout_s,
+                            idle_timeout_s=settings.http_idle_timeout_s,
+                            max_connections=settings.http_max_connections)
+        server = HttpServer(limits, self._protocol_error)
         try:
             host, port = server.listen(settings.host, settings.port)
         except OSError as exc:
@@ -175,11 +182,7 @@ class HttpShim(AeyonActor):
         if now >= self.next_sweep and self.server is not None:
             self.server.expire()
             self.next_sweep = now + SWEEP_INTERVAL_S
-        for op in self.ops.expired():
-            self._finish_op(op)
-        for entry in [w for w in self.walks if w[0].deadline <= now]:
-            self.walks.remove(entry)
-            self._finish_walk(*entry)
+        self.expire_ops(now)
 
     def _arm_timer(self) -> None:
         if self.server is None or self.dispatcher is None:
@@ -188,11 +191,9 @@ class HttpShim(AeyonActor):
         deadline = self.dispatcher.next_deadline()
         if deadline is not None:
             due = min(due, deadline)
-        ops_due = self.ops.next_deadline()
+        ops_due = self.ops_deadline()
         if ops_due is not None:
             due = min(due, ops_due)
-        for walk, _, _ in self.walks:
-            due = min(due, walk.deadline)
         # Timers cannot be cancelled: arm one only when it is earlier than the one pending (stale ones are ignored).
         if self.timer_at is None or due < self.timer_at:
             self.timer_at = due
@@ -257,6 +258,8 @@ class HttpShim(AeyonActor):
     def _answer_success(self, pending: Pending, raw: bytes) -> None:
         self.counters["answered"] += 1
         duration_ms = (time.monotonic() - pending.started) * 1000.0
+        metrics.REQUESTS.labels(pending.service, "success").inc()
+        metrics.REQUEST_DURATION.labels(pending.service).observe(duration_ms / 1000.0)
         if REQUEST_ROUTED in self.interest:
             self.events.append(Event(REQUEST_ROUTED, time.time(), {
                 "request_id": pending.request_id, "service_name": pending.service, "duration_ms": duration_ms}))
@@ -274,6 +277,8 @@ class HttpShim(AeyonActor):
         status = error_status(code, guard_status)
         route = self.dispatcher.routes.get(pending.service) if self.dispatcher else None
         degrade = route is not None and route.failure_policy == FAIL_OPEN and code in DEGRADABLE_CODES
+        metrics.REQUESTS.labels(pending.service, "degraded" if degrade else code).inc()
+        metrics.REQUEST_DURATION.labels(pending.service).observe(duration_ms / 1000.0)
         if REQUEST_FAILED in self.interest:
             self.events.append(Event(REQUEST_FAILED, time.time(), {
                 "request_id": pending.request_id, "service_name": pending.service, "code": code,
@@ -305,8 +310,10 @@ class HttpShim(AeyonActor):
         request_id = new_request_id()
         if status == 413:
             code = "payload_too_large"
+            metrics.SECURITY_VIOLATIONS.labels("payload_too_large").inc()
         elif code not in ("request_timeout", "request_header_too_large"):
             code = "invalid_request"
+            metrics.SECURITY_VIOLATIONS.labels("malformed_http").inc()
         return response_headers(request_id), error_body(request_id, None, code, message)
 
     def _handle_http(self, request: HttpRequest) -> None:
@@ -314,23 +321,52 @@ class HttpShim(AeyonActor):
         header_id = request.headers.get("x-request-id")
         request_id = header_id if header_id is not None and valid_request_id(header_id) else new_request_id()
         try:
-            self._route_http(request, request_id)
+            assert self.edge is not None
+            orchestrate = request.path == "/v1/orchestrate" and request.method == "POST"
+            screened = self.edge.screen(request.path, request.headers, request.client_ip, request.body,
+                                        orchestrate=orchestrate)
+            if screened.refusal is not None:
+                return self._refuse(request, request_id, screened)
+            self._route_http(request, request_id, screened)
         except Exception:
             self.counters["errors"] += 1
             self.log.exception("request %s %s failed", request.method, request.path)
             self._respond(request.conn_id, 500, response_headers(request_id),
                           error_body(request_id, None, "internal_error", "the orchestrator failed on this request"))
 
-    def _route_http(self, request: HttpRequest, request_id: str) -> None:
+    def _refuse(self, request: HttpRequest, request_id: str, screened: Screened) -> None:
+        refusal = screened.refusal
+        assert refusal is not None
+        self._violation(screened.identifier, refusal.violation, screened.client_ip)
+        self._respond(request.conn_id, error_status(refusal.code),
+                      response_headers(request_id, refusal.code, refusal.retry_after),
+                      error_body(request_id, None, refusal.code, refusal.message))
+
+    def _violation(self, identifier: str, violation: str, client_ip: str) -> None:
+        metrics.SECURITY_VIOLATIONS.labels(violation).inc()
+        if violation == "rate_limited":
+            metrics.RATE_LIMIT_EXCEEDED.labels(self.identifier_labels.label(identifier)).inc()
+        self.violations.append((identifier, violation, client_ip))
+
+    def receiveMsg_RateLimitGrant(self, message: RateLimitGrant, sender: Any) -> None:
+        if self.edge is not None:
+            self.edge.set_share(message.per_minute, message.share)
+
+    def _route_http(self, request: HttpRequest, request_id: str, screened: Screened) -> None:
         method, path = request.method, request.path
         if path == "/v1/orchestrate":
             if method != "POST":
                 return self._method_not_allowed(request, request_id, "POST")
-            return self._orchestrate_http(request)
+            return self._orchestrate_http(request, screened)
         if path == "/health":
             if method not in ("GET", "HEAD"):
                 return self._method_not_allowed(request, request_id, "GET")
             return self._respond(request.conn_id, 200, response_headers(request_id), json_body({"status": "ok"}))
+        if path == "/metrics":
+            if method not in ("GET", "HEAD"):
+                return self._method_not_allowed(request, request_id, "GET")
+            return self._respond(request.conn_id, 200, [("Content-Type", metrics.CONTENT_TYPE),
+                                                        ("X-Request-ID", request_id)], metrics.exposition())
         if path == "/ready":
             if method not in ("GET", "HEAD"):
                 return self._method_not_allowed(request, request_id, "GET")
@@ -361,143 +397,37 @@ class HttpShim(AeyonActor):
         self._respond(request.conn_id, 405, headers,
                       error_body(request_id, None, "method_not_allowed", f"{request.path} takes {allowed}"))
 
+    def _service_label(self, service: str | None) -> str:
+        # Only registered names become label values: a caller must not be able to mint new series.
+        known = service is not None and self.dispatcher is not None and service in self.dispatcher.routes
+        return service if known and service is not None else "-"
+
     def _http_error(self, conn_id: int, exc: RequestError, fallback_id: str) -> None:
+        metrics.REQUESTS.labels(self._service_label(exc.service), exc.code).inc()
         request_id = exc.request_id or fallback_id
         self._respond(conn_id, exc.http_status, response_headers(request_id, exc.code, 1),
                       error_body(request_id, exc.service, exc.code, exc.message))
 
-    def _orchestrate_http(self, request: HttpRequest) -> None:
+    def _orchestrate_http(self, request: HttpRequest, screened: Screened) -> None:
         assert self.dispatcher is not None
         header_id = request.headers.get("x-request-id")
         fallback = header_id if header_id is not None and valid_request_id(header_id) else new_request_id()
         try:
-            valid = parse_orchestrate_body(request.body, header_request_id=fallback,
-                                           client_id=request.headers.get("x-client-id") or request.client_ip)
+            valid = parse_orchestrate_body(request.body, header_request_id=fallback, client_id=screened.identifier)
             pending = self.dispatcher.submit(valid, request.conn_id)
         except RequestError as exc:
+            if exc.code == "invalid_payload":
+                self._violation(screened.identifier, "invalid_payload", screened.client_ip)
+            if exc.code in ("unknown_service", "overloaded"):
+                metrics.ROUTING.labels(self._service_label(exc.service), exc.code).inc()
             self._http_error(request.conn_id, exc, fallback)
             return
+        self._routed(pending)
         self.conn_keys[request.conn_id] = pending.key
 
-    def _admin_refused(self, request: HttpRequest, request_id: str) -> bool:
-        refusal = admin_refusal(request.headers.get("authorization"), request.client_ip, self.settings.admin_token)
-        if refusal is None:
-            return False
-        code, message = refusal
-        self._respond(request.conn_id, error_status(code), response_headers(request_id),
-                      error_body(request_id, None, code, message))
-        return True
-
-    # -- ops requests that wait on other actors ----------------------------------------------------------------
-
-    def _register_http(self, request: HttpRequest, request_id: str) -> None:
-        if self._admin_refused(request, request_id):
-            return
-        try:
-            body = parse_json_object(request.body, request_id=request_id)
-        except RequestError as exc:
-            return self._http_error(request.conn_id, exc, request_id)
-        self._register(request.conn_id, request_id, body.get("name"), body.get("service_type"), body.get("url"),
-                       body.get("metadata"))
-
-    def receiveMsg_RegisterService(self, message: RegisterService, sender: Any) -> None:
-        self._register(sender, message.request_id, message.name, message.service_type, message.url,
-                       message.metadata)
-
-    def _register(self, origin: Any, request_id: str, *fields: Any) -> None:
-        op = self.ops.start("register", origin, request_id, {"discovery"}, CONTROL_TIMEOUT_S)
-        self.send(self.peers.discovery, RegisterService(op.key, *fields))
-
-    def _unregister_http(self, request: HttpRequest, request_id: str, name: str) -> None:
-        if self._admin_refused(request, request_id):
-            return
-        self._unregister(request.conn_id, request_id, name)
-
-    def receiveMsg_UnregisterService(self, message: UnregisterService, sender: Any) -> None:
-        self._unregister(sender, message.request_id, message.name)
-
-    def _unregister(self, origin: Any, request_id: str, name: str) -> None:
-        op = self.ops.start("unregister", origin, request_id, {"discovery"}, CONTROL_TIMEOUT_S)
-        self.send(self.peers.discovery, UnregisterService(op.key, name))
-
-    def _list_services(self, origin: Any, request_id: str) -> None:
-        assert self.dispatcher is not None
-        routes = self.dispatcher.routes
-        op = self.ops.start("services", origin, request_id, routes, LISTING_TIMEOUT_S)
-        for name, route in routes.items():
-            self.send(route.supervisor, DescribeService(f"{op.key}/{name}"))
-        if not routes:
-            self.ops.complete_now(op)
-            self._finish_op(op)
-
-    def receiveMsg_ListServices(self, message: ListServices, sender: Any) -> None:
-        self._list_services(sender, message.request_id)
-
-    def receiveMsg_ServiceDescription(self, message: ServiceDescription, sender: Any) -> None:
-        assert self.dispatcher is not None
-        key, _, name = message.request_id.partition("/")
-        self.described[message.service] = message.state
-        self._part(key, name, message.state)
-
-    def receiveMsg_ServiceRegistered(self, message: ServiceRegistered, sender: Any) -> None:
-        self._part(message.request_id, "discovery", message)
-
-    def receiveMsg_ServiceUnregistered(self, message: ServiceUnregistered, sender: Any) -> None:
-        self._part(message.request_id, "discovery", message)
-
-    def receiveMsg_Refused(self, message: Refused, sender: Any) -> None:
-        self._part(message.request_id, "discovery", message)
-
-    def _part(self, key: str, part: str, value: Any) -> None:
-        assert self.dispatcher is not None
-        op = self.ops.reply(key, part, value, self.dispatcher.routes)
-        if op is not None:
-            self._finish_op(op)
-
-    def _finish_op(self, op: Op) -> None:
-        assert self.dispatcher is not None
-        if op.kind == "services":
-            services = services_view(self.dispatcher.routes, op.replies, self.described)
-            if isinstance(op.origin, int):
-                self._respond(op.origin, 200, response_headers(op.request_id), json_body({"services": services}))
-            else:
-                self.send(op.origin, ServiceList(op.request_id, tuple(services)))
-            return
-        if isinstance(op.origin, int):
-            self._respond(op.origin, *registry_answer(op))
-            return
-        reply = op.replies.get("discovery")
-        if reply is None:
-            reply = Refused(op.request_id, "service_unavailable", "the registry did not answer")
-        self.send(op.origin, attrs.evolve(reply, request_id=op.request_id))
-
-    # -- the live actor tree -----------------------------------------------------------------------------------
-
-    def _walk_tree(self, origin: Any, request_id: str) -> None:
-        walk = TreeWalk(ROOT_NAME, self.peers.orchestrator, time.monotonic() + TREE_TIMEOUT_S)
-        self.walks.append((walk, origin, request_id))
-        for question, address in walk.start():
-            self.send(address, DescribeActor(question))
-
-    def receiveMsg_DescribeTree(self, message: DescribeTree, sender: Any) -> None:
-        self._walk_tree(sender, message.request_id)
-
-    def receiveMsg_ActorDescription(self, message: ActorDescription, sender: Any) -> None:
-        for entry in self.walks:
-            walk = entry[0]
-            if walk.owns(message.request_id):
-                for question, address in walk.described(message):
-                    self.send(address, DescribeActor(question))
-                if walk.done:
-                    self.walks.remove(entry)
-                    self._finish_walk(*entry)
-                return
-
-    def _finish_walk(self, walk: TreeWalk, origin: Any, request_id: str) -> None:
-        if isinstance(origin, int):
-            self._respond(origin, 200, response_headers(request_id), json_body(walk.result()))
-        else:
-            self.send(origin, ActorTree(request_id, walk.result()))
+    def _routed(self, pending: Pending) -> None:
+        metrics.ROUTING.labels(pending.service, "routed").inc()
+        metrics.PAYLOAD_SIZE.labels(pending.service).observe(pending.payload_size)
 
     # -- the actor protocol's entry ----------------------------------------------------------------------------
 
@@ -506,14 +436,22 @@ class HttpShim(AeyonActor):
         try:
             valid = validate_orchestrate(message.request_id, message.service, message.payload, message.timeout,
                                          message.client_id)
-            self.dispatcher.submit(valid, sender)
+            # Actor-system callers are local and trusted; those that name a client_id are rate-limited by it.
+            if message.client_id and self.edge is not None:
+                refusal = self.edge.rate_limit("id:" + message.client_id)
+                if refusal is not None:
+                    self._violation("id:" + message.client_id, "rate_limited", "actor-system")
+                    raise RequestError("rate_limited", refusal.message, request_id=valid.request_id,
+                                       service=valid.service, retry_after=refusal.retry_after)
+            self._routed(self.dispatcher.submit(valid, sender))
         except RequestError as exc:
+            metrics.REQUESTS.labels(self._service_label(exc.service), exc.code).inc()
             # The caller matches the answer by the id it sent, even when that id is not a valid one.
             request_id = message.request_id if isinstance(message.request_id, str) else None
             service = message.service if isinstance(message.service, str) else None
             self.send(sender, OrchestrationResult(request_id or exc.request_id or new_request_id(), service, "error",
-                                                  error_code=exc.code,
-                                                  error_message=exc.message, http_status=exc.http_status))
+                                                  error_code=exc.code, error_message=exc.message,
+                                                  http_status=exc.http_status, retry_after=exc.retry_after))
 
     def state(self) -> dict[str, Any]:
         """For inspection."""

@@ -61,7 +61,9 @@ from actors.messages.control import (
 from actors.messages.events import ACTOR_RESTARTED, ARCHITECTURE_REVIEW_REQUESTED, Event, Publish
 from actors.rate_limiter import RateLimiter
 from actors.router import Router
+from system import metrics
 from system.clock import wallclock
+from system.health import STATES
 from system.restart import RestartIntensity
 
 START_TIMEOUT_S = 15.0
@@ -84,12 +86,13 @@ class _Shim:
 
 
 class _Guard:
-    __slots__ = ("address", "saved", "spec")
+    __slots__ = ("address", "health", "saved", "spec")
 
     def __init__(self, spec: ServiceSpec, address: Any):
         self.spec = spec
         self.address = address
         self.saved: dict[str, Any] | None = None
+        self.health = "UNKNOWN"
 
 
 class Orchestrator(AeyonActor):
@@ -186,18 +189,29 @@ class Orchestrator(AeyonActor):
                 guard.spec = spec
                 self.send(guard.address, ConfigureGuard(spec, self.settings, self.peers()))
         self._push_topology()
+        self._service_gauges()
+
+    def _service_gauges(self) -> None:
+        metrics.ACTIVE_SERVICES.set(len(self.guards))
+        for state in STATES:
+            metrics.DISCOVERED_SERVICES.labels(state.lower()).set(
+                sum(1 for g in self.guards.values() if g.health == state))
 
     def _push_topology(self) -> None:
         topology = Topology(
             tuple(SupervisedService(g.spec, g.address) for _, g in sorted(self.guards.items())),
             tuple(s.address for s in self.shims if s.listening),
         )
-        for role in ("router", "health_monitor"):
+        for role in ("router", "health_monitor", "rate_limiter"):
             self.send(self.control[role], topology)
 
     # -- readiness ---------------------------------------------------------------------------------------------
 
     def receiveMsg_HealthReport(self, message: HealthReport, sender: Any) -> None:
+        guard = self.guards.get(message.service)
+        if guard is not None:
+            guard.health = message.state
+            self._service_gauges()
         if message.first:
             self.checked.add(message.service)
         if not self.initialized and self.configured <= self.checked:
@@ -226,6 +240,8 @@ class Orchestrator(AeyonActor):
             self._escalate(f"more than {self.intensity.max_restarts} restarts in {self.intensity.period_s:g} s")
             return
         self.restarts += 1
+        kind = CONTROL_ACTORS[role].__name__ if role else "HttpShim" if shim is not None else "GuardSupervisor"
+        metrics.ACTOR_RESTARTS.labels(kind).inc()
         if role is not None:
             self._restart_control(role)
         elif shim is not None:

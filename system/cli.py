@@ -8,7 +8,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -71,13 +73,20 @@ def _admin_port(parser: argparse.ArgumentParser) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from system.config import Settings
-    from system.logs import configure
-    from system.serve import serve
+    # Metrics from every actor process go to files in one directory; prometheus_client reads the variable
+    # when it is first imported, so it is set before anything imports it (the actors inherit it).
+    metrics_dir = tempfile.mkdtemp(prefix="aeyon-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    try:
+        from system.config import Settings
+        from system.logs import configure
+        from system.serve import serve
 
-    settings = Settings.from_env(os.environ)
-    configure(settings.log_level, settings.log_format)
-    return serve(settings)
+        settings = Settings.from_env(os.environ)
+        configure(settings.log_level, settings.log_format)
+        return serve(settings)
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
 def _orchestrate(args: argparse.Namespace) -> int:

@@ -52,6 +52,10 @@ class Settings:
     health_interval_s: float = 30.0
     health_timeout_s: float = 5.0
     shims: int = 1
+    http_header_timeout_s: float = 10.0
+    http_body_timeout_s: float = 60.0
+    http_idle_timeout_s: float = 60.0
+    http_max_connections: int = 10_000
     log_format: str = "text"
     log_level: str = "INFO"
     embedded: bool = False
@@ -93,6 +97,10 @@ class Settings:
             health_interval_s=env.get("AEYON_HEALTH_INTERVAL", _seconds(0.05, 86_400), 30.0),
             health_timeout_s=env.get("AEYON_HEALTH_TIMEOUT", _seconds(0.05, 300), 5.0),
             shims=env.get("AEYON_SHIMS", _int_range(1, 64), 1),
+            http_header_timeout_s=env.get("AEYON_HTTP_HEADER_TIMEOUT", _seconds(0.1, 3600), 10.0),
+            http_body_timeout_s=env.get("AEYON_HTTP_BODY_TIMEOUT", _seconds(0.1, 3600), 60.0),
+            http_idle_timeout_s=env.get("AEYON_HTTP_IDLE_TIMEOUT", _seconds(0.1, 86_400), 60.0),
+            http_max_connections=env.get("AEYON_HTTP_MAX_CONNECTIONS", _int_range(1, 1_000_000), 10_000),
             log_format=env.get("AEYON_LOG_FORMAT", _choice("text", "json"), "text"),
             log_level=env.get("AEYON_LOG_LEVEL", _choice("DEBUG", "INFO", "WARNING", "ERROR"), "INFO"),
         )

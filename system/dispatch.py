@@ -154,6 +154,10 @@ class Dispatcher:
         if unacked is not None and unacked[0] == batch_id:
             del self._unacked[service]
 
+    def pending(self, key: int) -> Pending | None:
+        """A pending request, left in place."""
+        return self._pending.get(key)
+
     def finish(self, key: int) -> Pending | None:
         """Take a pending request to answer it; None if it was answered already."""
         pending = self._forget(key)

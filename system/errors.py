@@ -36,12 +36,14 @@ class ConfigError(AeyonError):
 class RequestError(AeyonError):
     """A request the contract refuses: carries the error code and a message for the caller."""
 
-    def __init__(self, code: str, message: str, *, request_id: str | None = None, service: str | None = None):
+    def __init__(self, code: str, message: str, *, request_id: str | None = None, service: str | None = None,
+                 retry_after: int | None = None):
         super().__init__(message)
         self.code = code
         self.message = message
         self.request_id = request_id
         self.service = service
+        self.retry_after = retry_after
 
     @property
     def http_status(self) -> int:

@@ -20,6 +20,7 @@ from actors.messages.control import (
     HealthReport,
     ListServices,
     Peers,
+    RateLimitGrant,
     Readiness,
     Refused,
     RegisterService,
@@ -42,6 +43,7 @@ from actors.messages.control import (
     SupervisedService,
     Topology,
     UnregisterService,
+    ViolationsObserved,
     WatchShutdown,
 )
 from actors.messages.dataplane import (
@@ -109,6 +111,7 @@ __all__ = [
     "Peers",
     "Publish",
     "PublishBatch",
+    "RateLimitGrant",
     "Readiness",
     "Refused",
     "RegisterPublisher",
@@ -137,6 +140,7 @@ __all__ = [
     "Topology",
     "UnregisterService",
     "Unsubscribe",
+    "ViolationsObserved",
     "WatchShutdown",
     "WorkBatch",
     "WorkDone",

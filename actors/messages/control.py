@@ -318,3 +318,19 @@ class GuardStateSaved:
 
     service: str
     state: dict[str, Any]
+
+
+@attrs.frozen
+class RateLimitGrant:
+    """RateLimiter -> entry: its part of every identifier's budget (``share`` of ``per_minute``)."""
+
+    per_minute: int
+    share: float
+
+
+@attrs.frozen
+class ViolationsObserved:
+    """Entry -> RateLimiter: security violations since the last report, as (identifier, violation type,
+    client address)."""
+
+    violations: tuple[tuple[str, str, str], ...]

@@ -16,8 +16,9 @@ CIRCUIT_BREAKER_OPENED = "CIRCUIT_BREAKER_OPENED"
 CIRCUIT_BREAKER_CLOSED = "CIRCUIT_BREAKER_CLOSED"
 FORENSIC_ANALYSIS_TRIGGERED = "FORENSIC_ANALYSIS_TRIGGERED"
 ARCHITECTURE_REVIEW_REQUESTED = "ARCHITECTURE_REVIEW_REQUESTED"
-# Not in the contract's list: an extension (an actor died and was replaced).
+# Not in the contract's list: extensions (an actor died and was replaced; a request was refused at the edge).
 ACTOR_RESTARTED = "ACTOR_RESTARTED"
+SECURITY_VIOLATION = "SECURITY_VIOLATION"
 
 EVENT_TYPES: tuple[str, ...] = (
     SERVICE_HEALTH_CHANGED,
@@ -31,6 +32,7 @@ EVENT_TYPES: tuple[str, ...] = (
     FORENSIC_ANALYSIS_TRIGGERED,
     ARCHITECTURE_REVIEW_REQUESTED,
     ACTOR_RESTARTED,
+    SECURITY_VIOLATION,
 )
 
 # Published once per request; entries send them only while somebody subscribes (see EventsInterest).
@@ -72,6 +74,8 @@ class Subscribe:
     request_id: str
     event_types: tuple[str, ...] = ()
     since: int | None = None
+    # What the subscriber is, for orchestrator_events_handled_total{handler} (a short fixed name, e.g. "cli").
+    handler: str = ""
 
 
 @attrs.frozen

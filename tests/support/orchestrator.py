@@ -100,7 +100,10 @@ class Orchestrator:
         self.http_port = int(env.get("AEYON_PORT") or free_port())
         self.admin_port = int(env.get("AEYON_ADMIN_PORT") or free_port())
         self.tag = uuid.uuid4().hex
-        self.env = clean_env({**env, "AEYON_PORT": str(self.http_port), "AEYON_ADMIN_PORT": str(self.admin_port),
+        # Every test client comes from 127.0.0.1: without a large budget the default 100 a minute would limit
+        # tests that are not about rate limiting. Those that are set their own.
+        self.env = clean_env({"SECURITY_MAX_REQUESTS_PER_MINUTE": "10000000", **env,
+                              "AEYON_PORT": str(self.http_port), "AEYON_ADMIN_PORT": str(self.admin_port),
                               "AEYON_TEST_TAG": self.tag})
         self.log_path = log_path
         self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
