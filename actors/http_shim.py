@@ -42,7 +42,7 @@ from system.edge import VIOLATION_TYPES, Edge, Screened
 from system.envelope import degraded_body, error_body, error_status, json_body, response_headers, success_body
 from system.errors import RequestError
 from system.http_server import HttpLimits, HttpRequest, HttpServer
-from system.openapi import openapi_document
+from system.openapi import openapi_document, ops_page
 from system.ops import OpsTable
 from system.policy import DEGRADABLE_CODES, FAIL_OPEN
 from system.tree import TreeWalk
@@ -363,6 +363,12 @@ class HttpShim(ShimOps, AeyonActor):
             if method not in ("GET", "HEAD"):
                 return self._method_not_allowed(request, request_id, "GET")
             return self._respond(request.conn_id, 200, response_headers(request_id), json_body({"status": "ok"}))
+        if path == "/":
+            if method not in ("GET", "HEAD"):
+                return self._method_not_allowed(request, request_id, "GET")
+            return self._respond(request.conn_id, 200, [("Content-Type", "text/html; charset=utf-8"),
+                                                        ("Cache-Control", "no-cache"), ("X-Request-ID", request_id)],
+                                 ops_page())
         if path == "/openapi.json":
             if method not in ("GET", "HEAD"):
                 return self._method_not_allowed(request, request_id, "GET")
