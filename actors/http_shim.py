@@ -19,12 +19,19 @@ from actors.messages import (
     CallAccepted,
     CallBatch,
     Event,
+    EventsAck,
+    EventsDelivered,
     EventsInterest,
+    EventsReplayed,
     Orchestrate,
     OrchestrationResult,
     PublishBatch,
+    ReplayEvents,
     RepliesBatch,
     RoutesChanged,
+    Subscribe,
+    Subscribed,
+    Unsubscribe,
 )
 from actors.messages.control import (
     Configure,
@@ -45,6 +52,8 @@ from system.http_server import HttpLimits, HttpRequest, HttpServer
 from system.openapi import openapi_document, ops_page
 from system.ops import OpsTable
 from system.policy import DEGRADABLE_CODES, FAIL_OPEN
+from system.sse import KEEPALIVE, SseClient
+from system.sse import parse_query as parse_sse_query
 from system.tree import TreeWalk
 from system.validation import (
     new_request_id,
@@ -54,6 +63,7 @@ from system.validation import (
 )
 
 SWEEP_INTERVAL_S = 1.0
+KEEPALIVE_S = 15.0
 
 
 class HttpShim(ShimOps, AeyonActor):
@@ -78,6 +88,9 @@ class HttpShim(ShimOps, AeyonActor):
         self.counters = {"requests": 0, "answered": 0, "timeouts": 0, "errors": 0, "cancelled": 0, "batches": 0,
                          "batched_calls": 0}
         self.conn_keys: dict[int, int] = {}
+        self.sse: dict[int, SseClient] = {}
+        self.sse_subscription: frozenset[str] = frozenset()
+        self.next_keepalive = 0.0
         self.edge: Edge | None = None
         self.violations: list[tuple[str, str, str]] = []
         self.identifier_labels = metrics.IdentifierLabels()
@@ -106,6 +119,7 @@ class HttpShim(ShimOps, AeyonActor):
                     self._handle_http(request)
                 ready = self.server.take_ready()
             for conn_id in self.server.take_gone():
+                self._drop_stream(conn_id)
                 # Like a proxy's 499: the caller left, so its request stops holding an in-flight place. The
                 # guard call may still finish; its answer is then dropped.
                 key = self.conn_keys.pop(conn_id, None)
@@ -133,9 +147,14 @@ class HttpShim(ShimOps, AeyonActor):
 
     def receiveMsg_Configure(self, message: Configure, sender: Any) -> None:
         first = self.settings is None
+        moved_bus = self.peers is not None and self.peers.event_bus != message.peers.event_bus
         self.settings = message.settings
         self.peers = message.peers
         if not first:
+            if moved_bus:  # a new EventBus knows nothing of us: subscribe and register again
+                self.send(self.peers.event_bus, RegisterPublisher("shim"))
+                self.sse_subscription = frozenset()
+                self._resubscribe()
             return
         settings = message.settings
         self.dispatcher = Dispatcher(self.myAddress, max(1, settings.max_in_flight // settings.shims),
@@ -182,6 +201,10 @@ class HttpShim(ShimOps, AeyonActor):
                                    f"no answer from {pending.service} within the request's timeout")
         if now >= self.next_sweep and self.server is not None:
             self.server.expire()
+            if now >= self.next_keepalive:
+                self.next_keepalive = now + KEEPALIVE_S
+                for conn_id in list(self.sse):
+                    self._stream(conn_id, KEEPALIVE)  # proxies close connections that stay silent
             self.next_sweep = now + SWEEP_INTERVAL_S
         self.expire_ops(now)
 
@@ -331,7 +354,8 @@ class HttpShim(ShimOps, AeyonActor):
             self._route_http(request, request_id, screened)
         except Exception:
             self.counters["errors"] += 1
-            self.log.exception("request %s %s failed", request.method, request.path)
+            self.log.exception("request %s %s failed", request.method, request.path,
+                               extra={"request_id": request_id})
             self._respond(request.conn_id, 500, response_headers(request_id),
                           error_body(request_id, None, "internal_error", "the orchestrator failed on this request"))
 
@@ -348,6 +372,69 @@ class HttpShim(ShimOps, AeyonActor):
         if violation == "rate_limited":
             metrics.RATE_LIMIT_EXCEEDED.labels(self.identifier_labels.label(identifier)).inc()
         self.violations.append((identifier, violation, client_ip))
+
+    # -- GET /v1/events (server-sent events) ---------------------------------------------------------------------
+
+    def _open_event_stream(self, request: HttpRequest, request_id: str) -> None:
+        assert self.server is not None
+        try:
+            types, since = parse_sse_query(request.query)
+        except RequestError as exc:
+            return self._http_error(request.conn_id, exc, request_id)
+        headers = [("Content-Type", "text/event-stream"), ("Cache-Control", "no-cache"),
+                   ("X-Request-ID", request_id)]
+        if not self.server.start_stream(request.conn_id, 200, headers):
+            return
+        client = SseClient(types, replaying=since is not None)
+        self.sse[request.conn_id] = client
+        if since is not None:
+            self.send(self.peers.event_bus, ReplayEvents(f"sse/{request.conn_id}", since, tuple(sorted(types))))
+        self._resubscribe()
+
+    def _resubscribe(self) -> None:
+        # One subscription for all of this shim's streams: the union of what they want ("all" wins).
+        wanted: frozenset[str] = frozenset()
+        if any(not client.types for client in self.sse.values()):
+            wanted = frozenset({"*"})
+        else:
+            for client in self.sse.values():
+                wanted |= client.types
+        if wanted == self.sse_subscription:
+            return
+        self.sse_subscription = wanted
+        if not self.sse:
+            self.send(self.peers.event_bus, Unsubscribe("sse"))
+        else:
+            types = () if "*" in wanted else tuple(sorted(wanted))
+            self.send(self.peers.event_bus, Subscribe("sse", types, None, "sse"))
+
+    def receiveMsg_Subscribed(self, message: Subscribed, sender: Any) -> None:
+        pass
+
+    def receiveMsg_EventsDelivered(self, message: EventsDelivered, sender: Any) -> None:
+        for conn_id, client in list(self.sse.items()):
+            if client.replaying:
+                client.held.extend(message.events)
+            else:
+                self._stream(conn_id, client.frames(message.events))
+        self.send(sender, EventsAck(message.batch_id))
+
+    def receiveMsg_EventsReplayed(self, message: EventsReplayed, sender: Any) -> None:
+        conn_id = int(message.request_id.partition("/")[2])
+        client = self.sse.get(conn_id)
+        if client is None:
+            return
+        client.replaying = False
+        held, client.held = client.held, []
+        self._stream(conn_id, client.frames([*message.events, *held]))
+
+    def _stream(self, conn_id: int, data: bytes) -> None:
+        if data and self.server is not None and not self.server.stream(conn_id, data):
+            self._drop_stream(conn_id)
+
+    def _drop_stream(self, conn_id: int) -> None:
+        if self.sse.pop(conn_id, None) is not None:
+            self._resubscribe()
 
     def receiveMsg_RateLimitGrant(self, message: RateLimitGrant, sender: Any) -> None:
         if self.edge is not None:
@@ -373,6 +460,10 @@ class HttpShim(ShimOps, AeyonActor):
             if method not in ("GET", "HEAD"):
                 return self._method_not_allowed(request, request_id, "GET")
             return self._respond(request.conn_id, 200, response_headers(request_id), openapi_document())
+        if path == "/v1/events":
+            if method != "GET":
+                return self._method_not_allowed(request, request_id, "GET")
+            return self._open_event_stream(request, request_id)
         if path == "/metrics":
             if method not in ("GET", "HEAD"):
                 return self._method_not_allowed(request, request_id, "GET")

@@ -22,6 +22,7 @@ from actors.base import AeyonActor
 from actors.discovery import Discovery
 from actors.event_bus import EventBus
 from actors.guard_supervisor import GuardSupervisor
+from actors.guardian_sink import GuardianSink
 from actors.health_monitor import HealthMonitor
 from actors.http_shim import HttpShim
 from actors.messages import (
@@ -32,12 +33,14 @@ from actors.messages import (
     OrchestrationResult,
     RegisterService,
     RegistryChanged,
+    ReplayEvents,
     ServiceList,
     ShutdownRequested,
     Start,
     Started,
     StartFailed,
     StopOrchestrator,
+    Subscribe,
     UnregisterService,
     WatchShutdown,
 )
@@ -67,6 +70,7 @@ from system.health import STATES
 from system.restart import RestartIntensity
 
 START_TIMEOUT_S = 15.0
+ESCALATION_GRACE_S = 1.0
 
 CONTROL_ACTORS: dict[str, type] = {
     "event_bus": EventBus,
@@ -74,6 +78,7 @@ CONTROL_ACTORS: dict[str, type] = {
     "router": Router,
     "rate_limiter": RateLimiter,
     "health_monitor": HealthMonitor,
+    "guardian_sink": GuardianSink,  # only when GUARDIAN_ZERO_ENABLED
 }
 
 
@@ -111,6 +116,7 @@ class Orchestrator(AeyonActor):
         self.checked: set[str] = set()
         self.initialized = False
         self.watcher: Any = None
+        self.escalated = ""
         self.http_address: tuple[str, int] | None = None
         self.exiting = False
         self.intensity = RestartIntensity()
@@ -131,8 +137,10 @@ class Orchestrator(AeyonActor):
         self.starter = (sender, message.request_id)
         self.configured = set(self.settings.guard_urls)
         self.initialized = self.settings.disable_health_checks or not self.configured
+        sink = self.settings.guardian_zero_enabled and self.settings.guardian_zero_url
         for role, cls in CONTROL_ACTORS.items():
-            self.control[role] = self.createActor(cls)
+            if role != "guardian_sink" or sink:
+                self.control[role] = self.createActor(cls)
         peers = self.peers()
         for address in self.control.values():
             self.send(address, Configure(self.settings, peers))
@@ -144,7 +152,8 @@ class Orchestrator(AeyonActor):
 
     def peers(self) -> Peers:
         """The control actors' current addresses."""
-        return Peers(self.myAddress, **self.control)
+        return Peers(self.myAddress, **{role: address for role, address in self.control.items()
+                                        if role != "guardian_sink"})
 
     def receiveMsg_ShimListening(self, message: ShimListening, sender: Any) -> None:
         shim = next((s for s in self.shims if s.address == sender), None)
@@ -167,6 +176,8 @@ class Orchestrator(AeyonActor):
             self.starter = None
 
     def receiveMsg_WakeupMessage(self, message: WakeupMessage, sender: Any) -> None:
+        if message.payload == "escalate" and self.watcher is not None:
+            self.send(self.watcher, ShutdownRequested("escalation", self.escalated))
         if message.payload == "start-timeout" and not self.started and self.starter is not None:
             self.send(self.starter[0], StartFailed(self.starter[1], "the HTTP shim did not start in time"))
             self.starter = None
@@ -298,9 +309,10 @@ class Orchestrator(AeyonActor):
 
     def _escalate(self, reason: str) -> None:
         self.log.critical("restart intensity exceeded (%s): stopping the orchestrator", reason)
-        self._publish(ARCHITECTURE_REVIEW_REQUESTED, {"reason": f"restart intensity exceeded: {reason}"})
-        if self.watcher is not None:
-            self.send(self.watcher, ShutdownRequested("escalation", f"restart intensity exceeded: {reason}"))
+        self.escalated = f"restart intensity exceeded: {reason}"
+        self._publish(ARCHITECTURE_REVIEW_REQUESTED, {"reason": self.escalated})
+        # A moment for the event to reach its subscribers (and Guardian Zero's operators) before everything stops.
+        self.wakeupAfter(ESCALATION_GRACE_S, payload="escalate")
 
     # -- inspection --------------------------------------------------------------------------------------------
 
@@ -348,6 +360,13 @@ class Orchestrator(AeyonActor):
             self.send(sender, Refused(message.request_id, "service_unavailable", "the orchestrator is not started"))
             return
         self.send(self._entry(), Relay(message, sender))
+
+    # Event subscriptions and replays from outside the actor system go to the EventBus.
+    def receiveMsg_Subscribe(self, message: Subscribe, sender: Any) -> None:
+        self.send(self.control["event_bus"], Relay(message, sender))
+
+    def receiveMsg_ReplayEvents(self, message: ReplayEvents, sender: Any) -> None:
+        self.send(self.control["event_bus"], Relay(message, sender))
 
     def receiveMsg_DescribeTree(self, message: DescribeTree, sender: Any) -> None:
         self._relay_to_entry(message, sender)

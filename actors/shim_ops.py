@@ -11,6 +11,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import attrs
+from thespian.actors import Thespian_ActorStatus, Thespian_StatusReq
 
 from actors.messages import (
     DescribeService,
@@ -29,7 +30,7 @@ from system.envelope import error_body, error_status, json_body, response_header
 from system.errors import RequestError
 from system.http_server import HttpRequest
 from system.ops import CONTROL_TIMEOUT_S, LISTING_TIMEOUT_S, Op, OpsTable, registry_answer, services_view
-from system.tree import TreeWalk
+from system.tree import TreeWalk, thespian_counters
 from system.validation import parse_json_object
 
 # /v1/actors answers within a second even when an actor is stuck (it is shown as unresponsive).
@@ -171,8 +172,20 @@ class ShimOps:
     def _walk_tree(self, origin: Any, request_id: str) -> None:
         walk = TreeWalk(ROOT_NAME, self.peers.orchestrator, time.monotonic() + TREE_TIMEOUT_S)
         self.walks.append((walk, origin, request_id))
-        for question, address in walk.start():
+        self._ask_actors(walk.start())
+
+    def _ask_actors(self, questions: list[tuple[str, Any]]) -> None:
+        for question, address in questions:
             self.send(address, DescribeActor(question))
+            self.send(address, Thespian_StatusReq())
+
+    def receiveMsg_Thespian_ActorStatus(self, message: Thespian_ActorStatus, sender: Any) -> None:
+        address = str(message.actorAddress)
+        for entry in self.walks:
+            if entry[0].owns_status(address):
+                entry[0].status(address, thespian_counters(message))
+                self._finish_if_done(entry)
+                return
 
     def receiveMsg_DescribeTree(self, message: DescribeTree, sender: Any) -> None:
         self._walk_tree(sender, message.request_id)
@@ -181,12 +194,14 @@ class ShimOps:
         for entry in self.walks:
             walk = entry[0]
             if walk.owns(message.request_id):
-                for question, address in walk.described(message):
-                    self.send(address, DescribeActor(question))
-                if walk.done:
-                    self.walks.remove(entry)
-                    self._finish_walk(*entry)
+                self._ask_actors(walk.described(message))
+                self._finish_if_done(entry)
                 return
+
+    def _finish_if_done(self, entry: tuple[TreeWalk, Any, str]) -> None:
+        if entry[0].done and entry in self.walks:
+            self.walks.remove(entry)
+            self._finish_walk(*entry)
 
     def _finish_walk(self, walk: TreeWalk, origin: Any, request_id: str) -> None:
         if isinstance(origin, int):

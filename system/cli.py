@@ -1,4 +1,4 @@
-"""The ``aeyon`` command: serve, orchestrate, services, tree, stop.
+"""The ``aeyon`` command: serve, orchestrate, services, tree, events, stop.
 
 Every subcommand exits non-zero on error with a one-line reason on stderr.
 """
@@ -59,6 +59,15 @@ def _parser() -> argparse.ArgumentParser:
     tree.add_argument("--json", action="store_true", help="print JSON instead of an indented tree")
     _admin_port(tree)
     tree.set_defaults(run=_tree)
+
+    events = sub.add_parser("events", help="the recent events, or (--follow) events as they happen")
+    events.add_argument("--follow", "-f", action="store_true", help="keep printing events as they are published")
+    events.add_argument("--since", type=int, default=0, help="only events after this sequence number")
+    events.add_argument("--type", dest="types", action="append", default=[], metavar="EVENT_TYPE",
+                        help="only this event type (repeatable)")
+    events.add_argument("--json", action="store_true", help="one JSON object per line")
+    _admin_port(events)
+    events.set_defaults(run=_events)
 
     stop = sub.add_parser("stop", help="stop the running orchestrator and every process it started")
     _admin_port(stop)
@@ -134,6 +143,31 @@ def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
     cells = [[str(c).upper() for c in columns]] + [[str(row.get(c, "")) for c in columns] for row in rows]
     widths = [max(len(line[i]) for line in cells) for i in range(len(columns))]
     return "\n".join("  ".join(v.ljust(w) for v, w in zip(line, widths, strict=True)).rstrip() for line in cells)
+
+
+def _events(args: argparse.Namespace) -> int:
+    from actors.messages.events import EVENT_TYPES
+    from system.gateway import Gateway
+
+    unknown = sorted(set(args.types) - set(EVENT_TYPES))
+    if unknown:
+        raise AeyonError("unknown event type: " + ", ".join(unknown))
+    with Gateway.connect(admin_port=args.admin_port) as gw:
+        stream = (gw.follow(tuple(args.types), since=args.since) if args.follow
+                  else iter(gw.events(args.since, tuple(args.types))))
+        for event in stream:
+            print(format_event(event, as_json=args.json), flush=True)
+    return 0
+
+
+def format_event(event: Any, as_json: bool = False) -> str:
+    """One line per event: sequence, UTC time, type, source and data (or the same as JSON)."""
+    fields = {"sequence": event.sequence, "timestamp": event.timestamp, "event_type": event.event_type,
+              "source": event.source, "data": event.data}
+    if as_json:
+        return json.dumps(fields)
+    when = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(event.timestamp))
+    return f"{event.sequence:>6} {when}Z {event.event_type:<30} {event.source:<14} {json.dumps(event.data)}"
 
 
 def _tree(args: argparse.Namespace) -> int:

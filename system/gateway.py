@@ -17,21 +17,30 @@ import contextlib
 import itertools
 import threading
 import time
+from collections.abc import Iterator
 from types import TracebackType
 from typing import Any
 
 from actors.messages import (
     DescribeEntry,
     EntryDescribed,
+    Event,
+    EventsAck,
+    EventsDelivered,
+    EventsReplayed,
     ListServices,
     Orchestrate,
     OrchestrationResult,
     RegisterService,
+    ReplayEvents,
     ServiceList,
     ServiceRegistered,
     ServiceUnregistered,
     StopOrchestrator,
+    Subscribe,
+    Subscribed,
     UnregisterService,
+    Unsubscribe,
 )
 from actors.messages.control import ActorTree, DescribeTree, Refused, StopAccepted
 from system.actor_system import join_system, leave_system, root_address
@@ -131,6 +140,41 @@ class Gateway:
         if isinstance(reply, ServiceUnregistered):
             return reply
         raise GatewayError(_refusal(reply))
+
+    def events(self, since: int = 0, types: tuple[str, ...] = ()) -> list[Event]:
+        """The EventBus's buffered recent events after sequence ``since`` (of these types; all when empty)."""
+        request_id = new_request_id()
+        reply = self._control(ReplayEvents(request_id, since, types), request_id)
+        if not isinstance(reply, EventsReplayed):
+            raise GatewayError("the orchestrator did not answer with its events")
+        return list(reply.events)
+
+    def follow(self, types: tuple[str, ...] = (), since: int | None = None,
+               idle_timeout: float | None = None) -> Iterator[Event]:
+        """Events as they are published (after the buffered ones past ``since``, if given), until the caller stops
+        iterating (or ``idle_timeout`` seconds pass with none). Each delivery is acknowledged, as the EventBus
+        expects; an iterator left unread long enough is dropped by the bus, not the other way round."""
+        request_id = new_request_id()
+        endpoint = self._context()
+        reply = self._ask_matching(endpoint, self._root, Subscribe(request_id, types, since, "gateway"), request_id,
+                                   CONTROL_TIMEOUT_S)
+        if not isinstance(reply, Subscribed):
+            raise GatewayError("the orchestrator did not take the subscription")
+        try:
+            yield from reply.replay
+            last = max((e.sequence for e in reply.replay), default=0)
+            quiet_since = time.monotonic()
+            while idle_timeout is None or time.monotonic() - quiet_since < idle_timeout:
+                message = endpoint.listen(1.0)
+                if isinstance(message, EventsDelivered):
+                    endpoint.tell(reply.bus, EventsAck(message.batch_id))
+                    for event in message.events:
+                        if event.sequence > last:
+                            last = event.sequence
+                            quiet_since = time.monotonic()
+                            yield event
+        finally:
+            endpoint.tell(reply.bus, Unsubscribe(request_id))
 
     def tree(self) -> dict[str, Any]:
         """The live actor tree (as ``GET /v1/actors``)."""

@@ -35,6 +35,10 @@ _WAITING = 0  # waiting for (the rest of) a request's head
 _BODY = 1  # reading a request body
 _APP = 2  # the request is with the application
 _DRAIN = 3  # answered; flushing and then closing (lingering: reading and dropping what the client still sends)
+_STREAM = 4  # a streamed answer (server-sent events) is being written; it ends with the connection
+
+# A streaming client that has not taken this much of what we wrote is too slow: it is cut off.
+MAX_STREAM_BACKLOG = 1 << 20
 
 _REASONS = {int(s): s.phrase.encode() for s in HTTPStatus}
 
@@ -180,7 +184,7 @@ class HttpServer:
                 self._flush(conn)
                 if conn.fd not in self._conns:
                     continue
-            if conn.state == _APP:
+            if conn.state in (_APP, _STREAM):
                 if events & _GONE:
                     # The client closed (or half-closed) while its request is with the application: like nginx,
                     # take it as gone; respond() will report that there is nobody to answer.
@@ -205,7 +209,7 @@ class HttpServer:
         """Close connections past their deadline; a client cut off mid-request gets 408 first."""
         now = self._now()
         for conn in list(self._conns.values()):
-            if conn.state == _APP or now < conn.deadline:
+            if conn.state == _APP or (conn.state == _STREAM and not conn.out) or now < conn.deadline:
                 continue
             if conn.out:
                 self._close(conn)  # the client stopped reading our answer
@@ -214,6 +218,44 @@ class HttpServer:
                 self._refuse(conn, 408, "request_timeout", "the request was not received in time")
             else:
                 self._close(conn)
+
+    def start_stream(self, conn_id: int, status: int, headers: Iterable[tuple[str, str]]) -> bool:
+        """Answer with a head and no length: the body follows in ``stream()`` calls (chunked) until
+        ``end_stream()`` or the client leaves. False when the connection is gone."""
+        conn = self._by_id.get(conn_id)
+        if conn is None or conn.state != _APP:
+            return False
+        all_headers = [*headers, ("Date", self._http_date()), ("Connection", "close")]
+        try:
+            data = conn.h11.send(h11.Response(status_code=status, headers=all_headers, reason=_reason(status))) or b""
+        except h11.LocalProtocolError:
+            self._close(conn)
+            return False
+        conn.state = _STREAM
+        self._write(conn, data)
+        return conn.fd in self._conns
+
+    def stream(self, conn_id: int, data: bytes) -> bool:
+        """Send part of a streamed body; False when the client is gone or too slow (it is then cut off)."""
+        conn = self._by_id.get(conn_id)
+        if conn is None or conn.state != _STREAM:
+            return False
+        if len(conn.out) > MAX_STREAM_BACKLOG:
+            self._close(conn)
+            return False
+        self._write(conn, conn.h11.send(h11.Data(data=data)) or b"")
+        return conn.fd in self._conns
+
+    def end_stream(self, conn_id: int) -> None:
+        """Finish a streamed body and close the connection once it is written."""
+        conn = self._by_id.get(conn_id)
+        if conn is None or conn.state != _STREAM:
+            return
+        conn.state = _DRAIN
+        conn.deadline = self._now() + self.limits.write_timeout_s
+        self._write(conn, conn.h11.send(h11.EndOfMessage()) or b"")
+        if conn.fd in self._conns and not conn.out:
+            self._linger(conn)
 
     def respond(self, conn_id: int, status: int, headers: Iterable[tuple[str, str]], body: bytes,
                 close: bool = False) -> bool:
@@ -460,7 +502,7 @@ class HttpServer:
         if self._conns.pop(conn.fd, None) is None:
             return
         self._by_id.pop(conn.conn_id, None)
-        if conn.state == _APP:
+        if conn.state in (_APP, _STREAM):
             self._gone.append(conn.conn_id)
         with contextlib.suppress(OSError, ValueError):
             self._epoll.unregister(conn.fd)

@@ -10,13 +10,15 @@ from typing import Any
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line: timestamp, level, logger (the actor), message, and request_id when given."""
+    """One JSON object per line: timestamp, level, actor (the logger: actors log as ``aeyon.<ActorClass>``),
+    pid, message, and request_id / service when the record carries them."""
 
     def format(self, record: logging.LogRecord) -> str:
         line: dict[str, Any] = {
             "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
             "level": record.levelname,
-            "logger": record.name,
+            "actor": record.name.removeprefix("aeyon."),
+            "pid": record.process,
             "message": record.getMessage(),
         }
         for key in ("request_id", "service"):

@@ -1,4 +1,5 @@
-"""Drawing the live actor tree: a breadth-first walk that asks each actor to describe itself and its children.
+"""Drawing the live actor tree: a breadth-first walk that asks each actor to describe itself and its children,
+and asks Thespian (``Thespian_StatusReq``) for each actor's message counters.
 
 Plain bookkeeping for the entry that draws it. The walk ends when every actor asked has answered or at its
 deadline, whichever comes first; an actor that has not answered by then (stuck in a long call, or gone) is shown
@@ -24,15 +25,26 @@ class TreeWalk:
         self._root = self._node(root_name, root_address)
         self._root_address = root_address
         self._waiting: dict[str, dict[str, Any]] = {}
+        self._statuses: dict[str, dict[str, Any]] = {}  # by address text
         self._serial = itertools.count(1)
 
     def start(self) -> list[tuple[str, Any]]:
-        """The first question to send: (request_id, address)."""
+        """The first question to send: (request_id, address); send Thespian's status request there too."""
         return [self._ask(self._root, self._root_address)]
 
     def owns(self, request_id: str) -> bool:
         """True when a description answers this walk."""
         return request_id in self._waiting
+
+    def owns_status(self, address: str) -> bool:
+        """True when Thespian's status of this actor is awaited by this walk."""
+        return address in self._statuses
+
+    def status(self, address: str, counters: dict[str, Any]) -> None:
+        """Thespian's counters for one actor."""
+        node = self._statuses.pop(address, None)
+        if node is not None:
+            node["thespian"] = counters
 
     def described(self, message: ActorDescription) -> list[tuple[str, Any]]:
         """Take one answer; return the questions to send to its children."""
@@ -50,8 +62,8 @@ class TreeWalk:
 
     @property
     def done(self) -> bool:
-        """Every actor asked has answered."""
-        return not self._waiting
+        """Every actor asked has answered (and Thespian has, for each)."""
+        return not self._waiting and not self._statuses
 
     def result(self) -> dict[str, Any]:
         """The tree as drawn so far (``GET /v1/actors``)."""
@@ -64,4 +76,18 @@ class TreeWalk:
     def _ask(self, node: dict[str, Any], address: Any) -> tuple[str, Any]:
         request_id = f"{self._walk}/{next(self._serial)}"
         self._waiting[request_id] = node
+        self._statuses[str(address)] = node
         return request_id, address
+
+
+def thespian_counters(status: Any) -> dict[str, Any]:
+    """The parts of a ``Thespian_ActorStatus`` an operator reads: Thespian's own counters (messages received,
+    exceptions, ...), and what is pending (messages to send, timers, messages waiting to be handled)."""
+    counters = getattr(status, "miscKeyVals", {}) or {}
+    return {
+        "counters": {str(k): v for k, v in counters.items() if isinstance(v, int | float)},
+        "pending_messages": len(getattr(status, "pendingMessages", []) or []),
+        "pending_wakeups": len(getattr(status, "pendingWakeups", []) or []),
+        "queued_messages": len(getattr(status, "receivedMessages", []) or []),
+        "exiting": bool(getattr(status, "exiting", False)),
+    }

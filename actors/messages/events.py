@@ -80,10 +80,12 @@ class Subscribe:
 
 @attrs.frozen
 class Subscribed:
-    """The subscription is active; ``replay`` holds the buffered events asked for."""
+    """The subscription is active; ``replay`` holds the buffered events asked for; acknowledge deliveries to
+    ``bus``."""
 
     request_id: str
     replay: tuple[Event, ...] = ()
+    bus: Any = None
 
 
 @attrs.frozen
@@ -94,10 +96,36 @@ class Unsubscribe:
 
 
 @attrs.frozen
-class EventNotice:
-    """An event for a subscriber."""
+class EventsDelivered:
+    """Events for a subscriber; the next batch comes once this one is acknowledged with ``EventsAck``."""
 
-    event: Event
+    batch_id: int
+    events: tuple[Event, ...]
+
+
+@attrs.frozen
+class EventsAck:
+    """Subscriber -> EventBus: the batch arrived (a subscriber that stops acknowledging is dropped)."""
+
+    batch_id: int
+
+
+@attrs.frozen
+class ReplayEvents:
+    """The buffered events after ``since`` (sequence numbers), of these types (all when empty); answered with
+    ``EventsReplayed``."""
+
+    request_id: str
+    since: int = 0
+    event_types: tuple[str, ...] = ()
+
+
+@attrs.frozen
+class EventsReplayed:
+    """Buffered events, oldest first."""
+
+    request_id: str
+    events: tuple[Event, ...]
 
 
 @attrs.frozen

@@ -100,3 +100,14 @@ def request(asys: ActorSystem, target: Any, message: Any, timeout: float = 5.0) 
     received = collect(asys, lambda got: any(getattr(m, "request_id", None) == message.request_id for m in got),
                        timeout)
     return next(m for m in received if getattr(m, "request_id", None) == message.request_id)
+
+
+def collect_for(asys: ActorSystem, seconds: float) -> list[Any]:
+    """Everything that arrives within ``seconds`` (to show that something does not come)."""
+    received: list[Any] = []
+    deadline = time.monotonic() + seconds
+    while (remaining := deadline - time.monotonic()) > 0:
+        message = asys.listen(remaining)
+        if message is not None:
+            received.append(message)
+    return received

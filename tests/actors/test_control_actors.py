@@ -13,12 +13,14 @@ from actors.event_bus import EventBus
 from actors.health_monitor import HealthMonitor
 from actors.messages import (
     Event,
-    EventNotice,
+    EventsAck,
+    EventsDelivered,
     EventsInterest,
     HealthChecked,
     Publish,
     RegisterService,
     RegistryChanged,
+    ReplayEvents,
     RoutesChanged,
     ServiceRegistered,
     ServiceSpec,
@@ -37,7 +39,7 @@ from actors.messages.events import (
     RegisterPublisher,
 )
 from actors.router import Router
-from tests.actors.conftest import collect, make_settings, of, request
+from tests.actors.conftest import collect, collect_for, make_settings, of, request
 
 
 def _events(received: list, event_type: str) -> list[Event]:
@@ -91,8 +93,6 @@ def test_router_pushes_one_route_table_per_change_to_every_entry(asys: ActorSyst
 def test_event_bus_delivers_replays_and_tells_publishers_the_interest(asys: ActorSystem, peers: Peers) -> None:
     bus = asys.createActor(EventBus)
     asys.tell(bus, Configure(make_settings(), peers))
-    # A publisher (the echo, standing for an entry) registers and hears that nobody wants request events yet.
-    asys.tell(bus, RegisterPublisher("p1"))
     asys.tell(bus, Publish(Event(SERVICE_REGISTERED, time.time(), {"service_name": "a"})))
     subscribed = request(asys, bus, Subscribe("s1", (REQUEST_FAILED, SERVICE_REGISTERED), since=0))
     assert isinstance(subscribed, Subscribed)
@@ -100,9 +100,17 @@ def test_event_bus_delivers_replays_and_tells_publishers_the_interest(asys: Acto
     assert subscribed.replay[0].sequence == 1
     asys.tell(bus, Publish(Event(REQUEST_ROUTED, time.time())))
     asys.tell(bus, Publish(Event(REQUEST_FAILED, time.time(), {"code": "upstream_error"})))
-    notices = of(EventNotice, collect(asys, lambda got: bool(of(EventNotice, got))))
-    assert [n.event.event_type for n in notices] == [REQUEST_FAILED]
-    assert notices[0].event.sequence == 3
+    delivered = of(EventsDelivered, collect(asys, lambda got: bool(of(EventsDelivered, got))))
+    assert [e.event_type for e in delivered[0].events] == [REQUEST_FAILED]
+    assert delivered[0].events[0].sequence == 3
+    # The next batch waits for the acknowledgement of this one.
+    asys.tell(bus, Publish(Event(REQUEST_FAILED, time.time(), {"code": "upstream_timeout"})))
+    assert not of(EventsDelivered, collect_for(asys, 0.3))
+    asys.tell(bus, EventsAck(delivered[0].batch_id))
+    later = of(EventsDelivered, collect(asys, lambda got: bool(of(EventsDelivered, got))))
+    assert later[0].events[0].data == {"code": "upstream_timeout"}
+    replayed = request(asys, bus, ReplayEvents("r1", since=1, event_types=(REQUEST_FAILED,)))
+    assert [e.sequence for e in replayed.events] == [3, 4]
 
 
 def test_event_bus_pushes_interest_changes_to_registered_publishers(asys: ActorSystem, peers: Peers) -> None:

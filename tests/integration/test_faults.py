@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.conftest import guard_env
+from tests.integration.test_events import Stream
 from tests.support.fake_guard import FakeGuard, refused_port
 from tests.support.orchestrator import Orchestrator, processes, running, wait_for
 from tests.support.traffic import Traffic, find_node
@@ -265,6 +266,7 @@ def test_past_the_restart_intensity_the_orchestrator_escalates_and_stops(guards:
                                                                         tmp_path: Path) -> None:
     env = {**guard_env(guards), "AEYON_RESTART_MAX": "1", "AEYON_RESTART_PERIOD": "60"}
     with running(env, tmp_path / "serve.log") as orch:
+        stream = Stream(orch.base_url + "/v1/events?types=ACTOR_RESTARTED,ARCHITECTURE_REVIEW_REQUESTED")
         router = find_node(orch.get("/v1/actors").json(), "router")
         assert router is not None
         os.kill(router["pid"], signal.SIGKILL)
@@ -273,8 +275,12 @@ def test_past_the_restart_intensity_the_orchestrator_escalates_and_stops(guards:
         limiter = find_node(orch.get("/v1/actors").json(), "rate_limiter")
         assert limiter is not None
         os.kill(limiter["pid"], signal.SIGKILL)
-        # The second death in the period is past the budget: the root asks `aeyon serve` to stop everything.
+        # The second death in the period is past the budget: the root asks `aeyon serve` to stop everything,
+        # after telling subscribers.
+        seen = stream.until(lambda e: e["event_type"] == "ARCHITECTURE_REVIEW_REQUESTED")
+        assert [e["data"].get("actor") for e in seen if e["event_type"] == "ACTOR_RESTARTED"] == ["router"]
         assert orch.process.wait(30) == 1
+        stream.close()
         assert "restart intensity exceeded" in orch.log()
 
 
