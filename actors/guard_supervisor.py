@@ -87,6 +87,7 @@ class GuardSupervisor(AeyonActor):
         self.intensity = RestartIntensity()
         self.workers: list[_Worker] = []
         self.retry_tokens_out = 0
+        self.last_trip: dict[str, Any] | None = None
         self.exiting = False
         self.ticking = False
         self.counters = {"calls": 0, "refused": 0, "retries": 0, "worker_restarts": 0, "trips": 0}
@@ -249,6 +250,9 @@ class GuardSupervisor(AeyonActor):
         metrics.BREAKER_STATE.labels(self.spec.name).set(metrics.BREAKER_VALUE[transition.state])
         if transition.state == OPEN:
             self.counters["trips"] += 1
+            # The window is cleared on a trip: keep why it tripped, for the ops page and the tree.
+            self.last_trip = {key: data[key] for key in ("cause", "failure_rate", "slow_call_rate", "calls",
+                                                          "open_for_s")} | {"at": wallclock()}
             metrics.BREAKER_TRIPS.labels(self.spec.name).inc()
             self._publish(CIRCUIT_BREAKER_OPENED, data)
             assert self.pool is not None
@@ -346,6 +350,9 @@ class GuardSupervisor(AeyonActor):
             "queued": pool.queued if pool else 0,
             "workers": len(self.workers),
             "workers_busy": pool.busy if pool else 0,
+            "workers_max": pool.max_workers if pool else 0,
+            "queue_max": pool.queue_limit if pool else 0,
+            "last_trip": self.last_trip,
             "failure_policy": self.policy.failure_policy,
             "breaker": self.breaker.snapshot(),
             **self.counters,

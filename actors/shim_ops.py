@@ -155,7 +155,8 @@ class ShimOps:
         if op.kind == "services":
             services = services_view(self.dispatcher.routes, op.replies, self.described)
             if isinstance(op.origin, int):
-                self._respond(op.origin, 200, response_headers(op.request_id), json_body({"services": services}))
+                self._respond(op.origin, 200, response_headers(op.request_id),
+                              json_body({"services": services, "generated_at": time.time()}))
             else:
                 self.send(op.origin, ServiceList(op.request_id, tuple(services)))
             return
@@ -205,6 +206,7 @@ class ShimOps:
 
     def _finish_walk(self, walk: TreeWalk, origin: Any, request_id: str) -> None:
         if isinstance(origin, int):
-            self._respond(origin, 200, response_headers(request_id), json_body(walk.result()))
+            self._respond(origin, 200, response_headers(request_id),
+                          json_body({**walk.result(), "generated_at": time.time()}))
         else:
             self.send(origin, ActorTree(request_id, walk.result()))

@@ -55,7 +55,7 @@ class TreeWalk:
                     state=message.state, responsive=True)
         questions = []
         for name, address in message.children:
-            child = self._node(name, address)
+            child = self._node(name, address, node)
             node["children"].append(child)
             questions.append(self._ask(child, address))
         return questions
@@ -69,8 +69,11 @@ class TreeWalk:
         """The tree as drawn so far (``GET /v1/actors``)."""
         return self._root
 
-    def _node(self, name: str, address: Any) -> dict[str, Any]:
-        return {"name": name, "actor_class": None, "address": str(address), "pid": None, "state": {},
+    def _node(self, name: str, address: Any, parent: dict[str, Any] | None = None) -> dict[str, Any]:
+        # ``path`` (names from the root, joined by "/") is unique where names are not (every supervisor has a
+        # worker-0).
+        path = f"{parent['path']}/{name}" if parent is not None else name
+        return {"name": name, "path": path, "actor_class": None, "address": str(address), "pid": None, "state": {},
                 "responsive": False, "children": []}
 
     def _ask(self, node: dict[str, Any], address: Any) -> tuple[str, Any]:
