@@ -55,6 +55,11 @@ from system.restart import RestartIntensity
 from system.retry import RetryBudget
 
 RETRY_AFTER_UNAVAILABLE_S = 5
+# Work batches: a worker makes its calls one after another, so it gets as many as it finishes in this time
+# (an estimate from the guard's recent call times). Few messages for a fast guard, spread work for a slow one.
+BATCH_TARGET_S = 0.005
+MAX_WORK_BATCH = 32
+EWMA = 0.2
 TICK_S = 0.25
 FAILED = frozenset({"upstream_error", "upstream_timeout"})
 
@@ -88,6 +93,7 @@ class GuardSupervisor(AeyonActor):
         self.workers: list[_Worker] = []
         self.retry_tokens_out = 0
         self.last_trip: dict[str, Any] | None = None
+        self.call_time_s = 0.01
         self.exiting = False
         self.ticking = False
         self.counters = {"calls": 0, "refused": 0, "retries": 0, "worker_restarts": 0, "trips": 0}
@@ -197,11 +203,14 @@ class GuardSupervisor(AeyonActor):
             metrics.GUARD_RETRIES.labels(self.spec.name).inc(message.retries)
         slow_s = self.policy.breaker.slow_call_duration_s
         for record in message.records:
+            self.call_time_s += EWMA * (record.duration_s - self.call_time_s)
             if worker.flagged and record.duration_s >= slow_s:
                 worker.flagged -= 1  # already counted as slow while it was running
                 continue
             self._transition(self.breaker.record(record.outcome in FAILED, record.duration_s))
         worker.flagged = 0
+        # As many calls per worker batch as it makes in BATCH_TARGET_S.
+        self.pool.max_batch = max(1, min(MAX_WORK_BATCH, int(BATCH_TARGET_S / max(self.call_time_s, 1e-6))))
         self._dispatch()
 
     def _return_tokens(self, worker: _Worker) -> None:
@@ -353,6 +362,8 @@ class GuardSupervisor(AeyonActor):
             "workers_max": pool.max_workers if pool else 0,
             "queue_max": pool.queue_limit if pool else 0,
             "last_trip": self.last_trip,
+            "call_time_ms": round(self.call_time_s * 1000, 3),
+            "work_batch": pool.max_batch if pool else 0,
             "failure_policy": self.policy.failure_policy,
             "breaker": self.breaker.snapshot(),
             **self.counters,

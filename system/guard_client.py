@@ -62,6 +62,7 @@ class GuardClient:
         wallclock: Callable[[], float] = time.time,
     ):
         self._session = session or _new_session()
+        self._templates: dict[str, requests.PreparedRequest] = {}
         self._connect_timeout_s = connect_timeout_s
         self._max_response_bytes = max_response_bytes
         self._now = wallclock
@@ -71,16 +72,8 @@ class GuardClient:
         remaining = expires_at - self._now()
         if remaining <= 0:
             return CallOutcome("upstream_timeout", message="the request's timeout passed before the guard was called")
-        headers = {"Content-Type": "application/json", "Accept": "application/json", "X-Request-ID": request_id}
         try:
-            response = self._session.post(
-                endpoint,
-                data=body,
-                headers=headers,
-                timeout=(min(self._connect_timeout_s, remaining), remaining),
-                stream=True,
-                allow_redirects=False,
-            )
+            response = self._send(endpoint, body, request_id, (min(self._connect_timeout_s, remaining), remaining))
             try:
                 content = self._read(response, expires_at)
             finally:
@@ -96,6 +89,22 @@ class GuardClient:
         except requests.RequestException as exc:
             return CallOutcome("upstream_error", message=f"the call failed: {type(exc).__name__}")
         return _classify(response.status_code, content)
+
+    def _send(self, endpoint: str, body: bytes, request_id: str, timeout: tuple[float, float]) -> requests.Response:
+        # The cheap way through requests: a request prepared once per endpoint, copied and sent straight to the
+        # session's adapter. Session.post would merge settings, run hooks and process cookies on every call
+        # (about 40 % more CPU, measured in README.rst), none of which a guard call uses: no cookies, no
+        # redirects (a guard that redirects is misconfigured), no proxies.
+        template = self._templates.get(endpoint)
+        if template is None:
+            template = requests.Request("POST", endpoint, headers={
+                "Content-Type": "application/json", "Accept": "application/json"}).prepare()
+            self._templates[endpoint] = template
+        prepared = template.copy()
+        prepared.headers["X-Request-ID"] = request_id
+        prepared.prepare_body(body, None)
+        adapter = self._session.get_adapter(endpoint)
+        return adapter.send(prepared, stream=True, timeout=timeout, verify=True, cert=None, proxies={})
 
     def _read(self, response: requests.Response, expires_at: float) -> bytes:
         # The read timeout bounds each socket read, not the whole answer; a guard that trickles bytes must not

@@ -37,8 +37,10 @@ class GuardPool(Generic[C]):
     def assignments(self) -> list[tuple[int, list[C], bool]]:
         """Hand queued calls to free slots: (slot, calls, whether the slot is new and needs a worker).
 
-        Calls are spread over the free slots, at most ``max_batch`` to one, so a long queue is worked on by all
-        the workers at once; a new slot is opened only when no slot is free.
+        Each free slot in turn takes up to ``max_batch`` calls (its worker makes them one after another); a new
+        slot is opened only when no slot is free. ``max_batch`` is the supervisor's to set: as many calls as a
+        worker finishes in a few milliseconds, so a fast guard's calls travel in few messages (each message costs
+        about as much CPU as a call) and a slow guard's are spread over all the workers.
         """
         out: list[tuple[int, list[C], bool]] = []
         while self._queue:
@@ -50,11 +52,7 @@ class GuardPool(Generic[C]):
                 new = True
             else:
                 break
-            # Slots that could take calls now: this one, the idle ones and those not opened yet. (This one is
-            # counted in neither the idle nor the busy ones at this point.)
-            free = len(self._idle) + self.max_workers - self.slots
-            share = max(1, min(self.max_batch, -(-len(self._queue) // max(1, free))))
-            calls = [self._queue.popleft() for _ in range(min(share, len(self._queue)))]
+            calls = [self._queue.popleft() for _ in range(min(self.max_batch, len(self._queue)))]
             self._busy[slot] = calls
             out.append((slot, calls, new))
         return out

@@ -44,13 +44,20 @@ def test_an_open_free_slot_is_used_before_a_new_one():
     assert pool.slots == 1
 
 
-def test_calls_are_spread_over_new_slots_at_most_max_batch_each():
+def test_each_free_slot_takes_up_to_max_batch_calls_in_turn_opening_slots_as_needed():
     pool: GuardPool[int] = GuardPool(max_workers=3, queue_limit=100, max_batch=4)
     for i in range(6):
         pool.admit(i)
     out = pool.assignments()
-    assert [(slot, new) for slot, _, new in out] == [(0, True), (1, True), (2, True)]
-    assert [calls for _, calls, _ in out] == [[0, 1], [2, 3], [4, 5]]
+    assert [(slot, new) for slot, _, new in out] == [(0, True), (1, True)]
+    assert [calls for _, calls, _ in out] == [[0, 1, 2, 3], [4, 5]]
+
+
+def test_with_a_batch_of_one_calls_are_spread_over_all_the_slots():
+    pool: GuardPool[int] = GuardPool(max_workers=3, queue_limit=100, max_batch=1)
+    for i in range(3):
+        pool.admit(i)
+    assert [calls for _, calls, _ in pool.assignments()] == [[0], [1], [2]]
 
 
 def test_no_more_than_max_workers_slots_and_max_batch_calls_per_slot():
@@ -162,7 +169,7 @@ def test_a_reused_free_slot_gets_its_full_share():
     pair.open_slot(0)
     for i in range(6):
         pair.admit(i)
-    assert [len(calls) for _, calls, _ in pair.assignments()] == [3, 3]
+    assert [(slot, len(calls), new) for slot, calls, new in pair.assignments()] == [(0, 4, False), (1, 2, True)]
 
 
 # -- property: no call is ever lost or duplicated ---------------------------------------------------------------
