@@ -65,8 +65,9 @@ class AeyonActor(Actor):
         """This actor's own state, for the actor tree (JSON-ready)."""
         return {}
 
-    def children(self) -> list[tuple[str, Any]]:
-        """This actor's children as (name, address), for the actor tree."""
+    def children(self) -> list[tuple[Any, ...]]:
+        """This actor's children for the actor tree: (name, address) to be asked, or (name, address, node) when
+        this actor describes the child itself (``{"actor_class", "pid", "state"}``)."""
         return []
 
     @property

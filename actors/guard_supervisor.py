@@ -27,6 +27,7 @@ from actors.messages import (
     ConfigureGuard,
     DescribeService,
     Event,
+    GuardGate,
     GuardReplied,
     HealthChecked,
     HealthReport,
@@ -35,7 +36,7 @@ from actors.messages import (
     WorkBatch,
     WorkDone,
 )
-from actors.messages.control import GuardStateSaved
+from actors.messages.control import ActorDescription, DescribeActor, GuardStateSaved
 from actors.messages.events import (
     ACTOR_RESTARTED,
     CIRCUIT_BREAKER_CLOSED,
@@ -65,7 +66,7 @@ FAILED = frozenset({"upstream_error", "upstream_timeout"})
 
 
 class _Worker:
-    __slots__ = ("address", "batch_id", "flagged", "slot", "started", "tokens")
+    __slots__ = ("address", "batch_id", "calls", "flagged", "pid", "slot", "started", "tokens")
 
     def __init__(self, slot: int, address: Any):
         self.slot = slot
@@ -74,6 +75,8 @@ class _Worker:
         self.started = 0.0
         self.tokens = 0
         self.flagged = 0
+        self.pid = 0
+        self.calls = 0
 
 
 class GuardSupervisor(AeyonActor):
@@ -93,6 +96,7 @@ class GuardSupervisor(AeyonActor):
         self.workers: list[_Worker] = []
         self.retry_tokens_out = 0
         self.last_trip: dict[str, Any] | None = None
+        self.entries: list[Any] = []  # entries that sent calls: they get the gate pushed
         self.call_time_s = 0.01
         self.exiting = False
         self.ticking = False
@@ -135,13 +139,16 @@ class GuardSupervisor(AeyonActor):
         metrics.SERVICE_HEALTH.labels(self.spec.name).set(STATUS_VALUE[self.health.state])
         # One worker ahead of demand, so the first request does not wait for a process to start.
         self.pool.open_slot(0)
-        self.workers.append(_Worker(0, self.createActor(GuardWorker)))
+        self.workers.append(self._new_worker(0))
         self._tick_soon()
 
     # -- data plane --------------------------------------------------------------------------------------------
 
     def receiveMsg_CallBatch(self, batch: CallBatch, sender: Any) -> None:
         assert self.pool is not None
+        if not any(entry == sender for entry in self.entries):
+            self.entries.append(sender)
+            self._push_gate([sender])
         self._transition(self.breaker.poll())
         refused = []
         unavailable = self.health.refusal(self.policy.allow_unchecked)
@@ -171,7 +178,7 @@ class GuardSupervisor(AeyonActor):
         attempts = self.settings.retry_attempts
         for slot, calls, new in self.pool.assignments():
             if new:
-                worker = _Worker(slot, self.createActor(GuardWorker))
+                worker = self._new_worker(slot)
                 self.workers.append(worker)
             else:
                 worker = next(w for w in self.workers if w.slot == slot)
@@ -196,6 +203,8 @@ class GuardSupervisor(AeyonActor):
         worker = self._worker(sender)
         if worker is None or worker.batch_id != message.batch_id:
             return
+        worker.pid = message.pid
+        worker.calls += len(message.records)
         self.pool.done(worker.slot)
         self._return_tokens(worker)
         self.counters["retries"] += message.retries
@@ -273,7 +282,21 @@ class GuardSupervisor(AeyonActor):
         elif transition.state == "closed":
             self._publish(CIRCUIT_BREAKER_CLOSED, data)
         self._save()
+        self._push_gate()
         self._tick_soon()
+
+    def _push_gate(self, entries: list[Any] | None = None) -> None:
+        """Tell the entries whether to refuse this guard's calls themselves (and until when)."""
+        refusal = self.health.refusal(self.policy.allow_unchecked)
+        if refusal is not None:
+            gate = GuardGate(self.spec.name, refusal[0], refusal[1])
+        elif self.breaker.state == OPEN:
+            gate = GuardGate(self.spec.name, "circuit_open", f"{self.spec.name}: the circuit breaker is open",
+                             wallclock() + self.breaker.retry_after_s())
+        else:
+            gate = GuardGate(self.spec.name)
+        for entry in self.entries if entries is None else entries:
+            self.send(entry, gate)
 
     def _save(self) -> None:
         if self.peers is not None:
@@ -307,7 +330,7 @@ class GuardSupervisor(AeyonActor):
             return
         # Replaced at once, under the same slot (and name), as an OTP supervisor restarts a permanent child.
         self.pool.open_slot(worker.slot)
-        self.workers.append(_Worker(worker.slot, self.createActor(GuardWorker)))
+        self.workers.append(self._new_worker(worker.slot))
         self._dispatch()
 
     def _answer(self, calls: list[CallGuard], code: str, text: str, retry_after: int | None = None) -> None:
@@ -339,6 +362,7 @@ class GuardSupervisor(AeyonActor):
         if (first or changed) and self.peers is not None:
             self.send(self.peers.orchestrator, HealthReport(self.spec.name, message.state, first))
             self._save()
+            self._push_gate()
 
     def _publish(self, event_type: str, data: dict[str, Any]) -> None:
         if self.peers is not None:
@@ -369,9 +393,25 @@ class GuardSupervisor(AeyonActor):
             **self.counters,
         }
 
-    def children(self) -> list[tuple[str, Any]]:
-        """The workers, by slot."""
-        return [(f"worker-{w.slot}", w.address) for w in self.workers]
+    def children(self) -> list[tuple[Any, ...]]:
+        """The workers, by slot, described here: a worker blocked in a call cannot answer for itself."""
+        busy = self.pool.busy_slots() if self.pool is not None else set()
+        now = time.monotonic()
+        return [(f"worker-{w.slot}", w.address, {
+            "actor_class": "GuardWorker", "pid": w.pid or None,
+            "state": {"busy": w.slot in busy, "busy_for_s": round(now - w.started, 3) if w.slot in busy else 0.0,
+                      "calls": w.calls}}) for w in self.workers]
+
+    def _new_worker(self, slot: int) -> _Worker:
+        worker = _Worker(slot, self.createActor(GuardWorker))
+        # Idle now, so it answers at once: its pid, for the actor tree.
+        self.send(worker.address, DescribeActor(f"pid/{slot}"))
+        return worker
+
+    def receiveMsg_ActorDescription(self, message: ActorDescription, sender: Any) -> None:
+        worker = self._worker(sender)
+        if worker is not None:
+            worker.pid = message.pid
 
     def receiveMsg_ActorExitRequest(self, message: ActorExitRequest, sender: Any) -> None:
         # Children are being stopped with us: their exits must not be answered as failures or replaced.

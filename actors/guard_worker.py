@@ -8,6 +8,7 @@ asked (one message per entry per batch); the supervisor gets ``WorkDone`` with e
 
 from __future__ import annotations
 
+import os
 import random
 import time
 from typing import Any
@@ -50,7 +51,7 @@ class GuardWorker(AeyonActor):
         self.retries += used
         for entry, answered in replies.values():
             self.send(entry, RepliesBatch(tuple(answered)))
-        self.send(sender, WorkDone(batch.batch_id, tuple(records), used))
+        self.send(sender, WorkDone(batch.batch_id, tuple(records), used, os.getpid()))
 
     def _call(self, call: CallGuard, policy: RetryPolicy, tokens: int,
               records: list[CallRecord]) -> tuple[CallOutcome, int]:

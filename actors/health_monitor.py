@@ -20,7 +20,7 @@ from thespian.actors import ActorExitRequest, ChildActorExited, WakeupMessage
 from actors.base import AeyonActor
 from actors.health_worker import HealthWorker
 from actors.messages import CheckHealth, CheckNow, HealthChecked
-from actors.messages.control import Configure, Topology
+from actors.messages.control import ActorDescription, Configure, DescribeActor, Topology
 from system import metrics
 from system.guard_client import UNHEALTHY
 from system.retry import RetryPolicy
@@ -60,6 +60,7 @@ class HealthMonitor(AeyonActor):
         self.checks = 0
         self._next_id = 1
         self._rng = random.Random()
+        self.pids: dict[str, int] = {}
 
     def receiveMsg_Configure(self, message: Configure, sender: Any) -> None:
         self.settings = message.settings
@@ -108,8 +109,14 @@ class HealthMonitor(AeyonActor):
         if self.idle:
             return self.idle.pop()
         if len(self.busy) < MAX_CHECKS_IN_FLIGHT:
-            return self.createActor(HealthWorker)
+            worker = self.createActor(HealthWorker)
+            # Idle now, so it answers at once: its pid, for the actor tree (it is never asked while checking).
+            self.send(worker, DescribeActor("pid"))
+            return worker
         return None
+
+    def receiveMsg_ActorDescription(self, message: ActorDescription, sender: Any) -> None:
+        self.pids[str(sender)] = message.pid
 
     def _arm_timer(self) -> None:
         # Checks already queued for a worker start when one is free (HealthChecked), not on a timer: arming one
@@ -164,6 +171,7 @@ class HealthMonitor(AeyonActor):
         return None
 
     def receiveMsg_ChildActorExited(self, message: ChildActorExited, sender: Any) -> None:
+        self.pids.pop(str(message.childAddress), None)
         self.idle = [w for w in self.idle if w != message.childAddress]
         for i, (address, name) in enumerate(self.busy):
             if address == message.childAddress:
@@ -178,9 +186,12 @@ class HealthMonitor(AeyonActor):
     def receiveMsg_ActorExitRequest(self, message: ActorExitRequest, sender: Any) -> None:
         self.exiting = True
 
-    def children(self) -> list[tuple[str, Any]]:
-        """The health workers."""
-        return [(f"health-worker-{i}", a) for i, a in enumerate(self.idle + [a for a, _ in self.busy])]
+    def children(self) -> list[tuple[Any, ...]]:
+        """The health workers, described here: a worker in the middle of a check cannot answer for itself."""
+        workers = [(a, None) for a in self.idle] + list(self.busy)
+        return [(f"health-worker-{i}", address, {"actor_class": "HealthWorker", "pid": self.pids.get(str(address)),
+                                                  "state": {"checking": name}})
+                for i, (address, name) in enumerate(workers)]
 
     def state(self) -> dict[str, Any]:
         """For inspection."""

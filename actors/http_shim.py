@@ -40,7 +40,7 @@ from actors.messages.control import (
     ShimListening,
     ViolationsObserved,
 )
-from actors.messages.dataplane import GuardReplied
+from actors.messages.dataplane import GuardGate, GuardReplied
 from actors.messages.events import REQUEST_FAILED, REQUEST_ROUTED, RegisterPublisher
 from actors.shim_ops import ShimOps
 from system import metrics
@@ -236,6 +236,10 @@ class HttpShim(ShimOps, AeyonActor):
             self._answer_error(pending, "upstream_error", f"{pending.service}: its supervisor was replaced")
         for op in self.ops.routes_changed(self.dispatcher.routes):
             self._finish_op(op)
+
+    def receiveMsg_GuardGate(self, message: GuardGate, sender: Any) -> None:
+        if self.dispatcher is not None:
+            self.dispatcher.set_gate(message.service, message.code, message.message, message.until)
 
     def receiveMsg_Readiness(self, message: Readiness, sender: Any) -> None:
         self.ready = message.ready
@@ -507,7 +511,7 @@ class HttpShim(ShimOps, AeyonActor):
     def _http_error(self, conn_id: int, exc: RequestError, fallback_id: str) -> None:
         metrics.REQUESTS.labels(self._service_label(exc.service), exc.code).inc()
         request_id = exc.request_id or fallback_id
-        self._respond(conn_id, exc.http_status, response_headers(request_id, exc.code, 1),
+        self._respond(conn_id, exc.http_status, response_headers(request_id, exc.code, exc.retry_after or 1),
                       error_body(request_id, exc.service, exc.code, exc.message))
 
     def _orchestrate_http(self, request: HttpRequest, screened: Screened) -> None:
@@ -522,10 +526,22 @@ class HttpShim(ShimOps, AeyonActor):
                 self._violation(screened.identifier, "invalid_payload", screened.client_ip)
             if exc.code in ("unknown_service", "overloaded"):
                 metrics.ROUTING.labels(self._service_label(exc.service), exc.code).inc()
-            self._http_error(request.conn_id, exc, fallback)
+            self._answer_refused(request.conn_id, exc, fallback)
             return
         self._routed(pending)
         self.conn_keys[request.conn_id] = pending.key
+
+    def _answer_refused(self, conn_id: int, exc: RequestError, fallback: str) -> None:
+        # Refused before any message: a fail-open guard still turns a refusal about the guard into a degraded
+        # success, as when its supervisor refuses.
+        route = self.dispatcher.routes.get(exc.service or "") if self.dispatcher else None
+        if route is not None and route.failure_policy == FAIL_OPEN and exc.code in DEGRADABLE_CODES:
+            request_id = exc.request_id or fallback
+            metrics.REQUESTS.labels(route.service, "degraded").inc()
+            self._respond(conn_id, 200, response_headers(request_id),
+                          degraded_body(request_id, route.service, exc.code, exc.message, 0.0))
+            return
+        self._http_error(conn_id, exc, fallback)
 
     def _routed(self, pending: Pending) -> None:
         metrics.ROUTING.labels(pending.service, "routed").inc()
@@ -547,6 +563,13 @@ class HttpShim(ShimOps, AeyonActor):
                                        service=valid.service, retry_after=refusal.retry_after)
             self._routed(self.dispatcher.submit(valid, sender))
         except RequestError as exc:
+            route = self.dispatcher.routes.get(exc.service or "")
+            if route is not None and route.failure_policy == FAIL_OPEN and exc.code in DEGRADABLE_CODES:
+                metrics.REQUESTS.labels(route.service, "degraded").inc()
+                self.send(sender, OrchestrationResult(exc.request_id or new_request_id(), route.service, "success",
+                                                      error_code=exc.code, error_message=exc.message,
+                                                      degraded=True))
+                return
             metrics.REQUESTS.labels(self._service_label(exc.service), exc.code).inc()
             # The caller matches the answer by the id it sent, even when that id is not a valid one.
             request_id = message.request_id if isinstance(message.request_id, str) else None

@@ -45,8 +45,10 @@ from actors.messages import (
     WatchShutdown,
 )
 from actors.messages.control import (
+    ActorDescription,
     Configure,
     ConfigureGuard,
+    DescribeActor,
     DescribeTree,
     GuardStateSaved,
     HealthReport,
@@ -117,6 +119,7 @@ class Orchestrator(AeyonActor):
         self.initialized = False
         self.watcher: Any = None
         self.escalated = ""
+        self.sink_pid: int | None = None
         self.http_address: tuple[str, int] | None = None
         self.exiting = False
         self.intensity = RestartIntensity()
@@ -144,6 +147,8 @@ class Orchestrator(AeyonActor):
         peers = self.peers()
         for address in self.control.values():
             self.send(address, Configure(self.settings, peers))
+        if "guardian_sink" in self.control:
+            self.send(self.control["guardian_sink"], DescribeActor("pid"))
         for _ in range(self.settings.shims):
             shim = _Shim(self.createActor(HttpShim))
             self.shims.append(shim)
@@ -268,6 +273,8 @@ class Orchestrator(AeyonActor):
             self.send(self.control[role], RestoreRegistry(self.registry, peers))
         else:
             self.send(self.control[role], Configure(self.settings, peers))
+        if role == "guardian_sink":
+            self.send(self.control[role], DescribeActor("pid"))
         self._push_peers(peers, skip=self.control[role])
         self._push_topology()
         self._publish(ACTOR_RESTARTED, {"actor": role, "restarts": self.restarts})
@@ -297,6 +304,10 @@ class Orchestrator(AeyonActor):
         for guard in self.guards.values():
             self.send(guard.address, ConfigureGuard(guard.spec, self.settings, peers))
 
+    def receiveMsg_ActorDescription(self, message: ActorDescription, sender: Any) -> None:
+        if self.control.get("guardian_sink") == sender:
+            self.sink_pid = message.pid
+
     def receiveMsg_GuardStateSaved(self, message: GuardStateSaved, sender: Any) -> None:
         guard = self.guards.get(message.service)
         if guard is not None and guard.address == sender:
@@ -316,9 +327,14 @@ class Orchestrator(AeyonActor):
 
     # -- inspection --------------------------------------------------------------------------------------------
 
-    def children(self) -> list[tuple[str, Any]]:
+    def children(self) -> list[tuple[Any, ...]]:
         """Control actors by role, shims, and guard supervisors by service name."""
-        out = list(self.control.items())
+        out: list[tuple[Any, ...]] = [(role, address) for role, address in self.control.items()
+                                      if role != "guardian_sink"]
+        if "guardian_sink" in self.control:
+            # It blocks while it posts to Guardian Zero: described here, never asked.
+            out.append(("guardian_sink", self.control["guardian_sink"],
+                        {"actor_class": "GuardianSink", "pid": self.sink_pid, "state": {}}))
         out += [(f"http_shim-{i}", shim.address) for i, shim in enumerate(self.shims)]
         out += [(name, guard.address) for name, guard in sorted(self.guards.items())]
         return out

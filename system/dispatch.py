@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import heapq
 import json
+import math
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -60,6 +61,8 @@ class Dispatcher:
         # One guard's share of the in-flight limit: a hung guard cannot take the others' places.
         self.max_per_service = max_per_service or max_in_flight
         self._per_service: dict[str, int] = {}
+        # Refusals the guards' supervisors pushed: service -> (code, message, until wall clock or None).
+        self._gates: dict[str, tuple[str, str, float | None]] = {}
         self._now = clock
         self._wall = wallclock
         self._routes: dict[str, Route] = {}
@@ -94,6 +97,7 @@ class Dispatcher:
         for service in [s for s in old if moved(s)]:
             self._outbox.pop(service, None)
             self._unacked.pop(service, None)
+            self._gates.pop(service, None)  # a new supervisor pushes its own
         removed = [p for p in self._pending.values() if p.service not in self._routes]
         replaced = [p for p in self._pending.values()
                     if p.service in self._routes and p.supervisor != self._routes[p.service].supervisor]
@@ -107,6 +111,14 @@ class Dispatcher:
         if route is None:
             raise RequestError("unknown_service", f"no service named {request.service!r} is registered",
                                request_id=request.request_id, service=request.service)
+        gate = self._gates.get(request.service)
+        if gate is not None:
+            code, message, until = gate
+            if until is None or self._wall() < until:
+                retry_after = max(1, math.ceil(until - self._wall())) if until is not None else 5
+                raise RequestError(code, message, request_id=request.request_id, service=request.service,
+                                   retry_after=retry_after)
+            del self._gates[request.service]
         if len(self._pending) >= self.max_in_flight:
             raise RequestError("overloaded", f"{self.max_in_flight} requests are already in flight",
                                request_id=request.request_id, service=request.service)
@@ -127,6 +139,13 @@ class Dispatcher:
                          self._reply_to)
         self._outbox.setdefault(route.service, []).append(call)
         return pending
+
+    def set_gate(self, service: str, code: str | None, message: str = "", until: float | None = None) -> None:
+        """Refuse this service's requests here, with ``code``, until ``until`` (wall clock); ``code`` None lifts it."""
+        if code is None:
+            self._gates.pop(service, None)
+        else:
+            self._gates[service] = (code, message, until)
 
     def batches(self) -> list[tuple[Any, CallBatch]]:
         """The batches that may leave now: one per supervisor with waiting calls and no unacknowledged batch."""

@@ -54,10 +54,14 @@ class TreeWalk:
         node.update(actor_class=message.actor_class, address=message.address, pid=message.pid,
                     state=message.state, responsive=True)
         questions = []
-        for name, address in message.children:
+        for name, address, *described in message.children:
             child = self._node(name, address, node)
             node["children"].append(child)
-            questions.append(self._ask(child, address))
+            if described:
+                # Its parent described it (a worker that may be blocked in a call is never asked).
+                child.update(described[0], responsive=True, described_by="parent")
+            else:
+                questions.append(self._ask(child, address))
         return questions
 
     @property

@@ -294,7 +294,9 @@ class ActorDescription:
     pid: int
     address: str
     state: dict[str, Any]
-    children: tuple[tuple[str, Any], ...] = ()
+    # (name, address) for children to ask, or (name, address, node) for children the parent describes itself:
+    # workers that may be blocked in a call are never asked (a message to a busy worker would wait).
+    children: tuple[tuple[Any, ...], ...] = ()
 
 
 @attrs.frozen

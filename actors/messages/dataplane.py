@@ -112,3 +112,16 @@ class WorkDone:
     batch_id: int
     records: tuple[CallRecord, ...]
     retries: int = 0
+    pid: int = 0
+
+
+@attrs.frozen
+class GuardGate:
+    """Guard supervisor -> entries: refuse calls to this guard yourselves, with ``code``, until ``until`` (wall
+    clock; None: until told otherwise), or (``code`` None) send them on again. Pushed when the breaker or the
+    health state changes, so a refusal costs no message; the supervisor still decides every call it gets."""
+
+    service: str
+    code: str | None = None
+    message: str = ""
+    until: float | None = None

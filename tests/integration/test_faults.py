@@ -338,7 +338,8 @@ def test_at_most_ten_health_checks_run_at_once(guards: dict[str, FakeGuard], tmp
 
             wait_for(lambda: monitor().get("state", {}).get("checks_in_flight") == 10, 10, "ten checks in flight")
             # The walk may cut off a busy health worker's answer, but never its place in the tree.
-            wait_for(lambda: len(monitor().get("children", [])) == 10, 10, "ten health workers in the tree")
+            wait_for(lambda: len(monitor().get("children", [])) == 10, 10,
+                     f"ten health workers in the tree: {dict((k, v) for k, v in monitor().items() if k != 'thespian')}")
             # A guard whose health checks hang gets no traffic; the others are served meanwhile.
             assert _code(orch.orchestrate("stuck-0", {"text": "x"})) == "service_unavailable"
             assert orch.orchestrate("tokenguard", {"text": "x"}).status_code == 200

@@ -437,3 +437,28 @@ def test_every_request_is_handed_out_at_most_once_and_in_flight_adds_up(ops):
         live = set(submitted) - set(handed_out)
         assert dispatcher.next_deadline() == (min(deadlines[k] for k in live) if live else None)
     assert all(count == 1 for count in sent_calls.values())
+
+
+def test_a_pushed_gate_refuses_at_the_entry_until_it_lapses_or_is_lifted():
+    dispatcher, clocks = make()
+    dispatcher.set_gate("a", "circuit_open", "a: the circuit breaker is open", until=clocks.wall + 5)
+    with pytest.raises(RequestError) as info:
+        dispatcher.submit(request("a"), "o1")
+    assert (info.value.code, info.value.retry_after) == ("circuit_open", 5)
+    assert dispatcher.in_flight == 0 and dispatcher.batches() == []
+    dispatcher.submit(request("b"), "o2")  # other services are not touched
+    clocks.wall += 5  # the open period is over: calls go to the supervisor again (it admits probes)
+    dispatcher.submit(request("a"), "o3")
+    dispatcher.set_gate("a", "service_unavailable", "unhealthy")  # no end: until lifted
+    clocks.wall += 1000
+    with pytest.raises(RequestError):
+        dispatcher.submit(request("a"), "o4")
+    dispatcher.set_gate("a", None)
+    dispatcher.submit(request("a"), "o5")
+
+
+def test_a_replaced_supervisor_clears_the_gate_its_predecessor_pushed():
+    dispatcher, _ = make(route("a", "sup-1"))
+    dispatcher.set_gate("a", "service_unavailable", "unhealthy")
+    dispatcher.set_routes([route("a", "sup-2")])
+    assert dispatcher.submit(request("a"), "o1").supervisor == "sup-2"
