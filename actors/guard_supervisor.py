@@ -126,7 +126,9 @@ class GuardSupervisor(AeyonActor):
         if not first:
             return
         settings = message.settings
-        self.pool = GuardPool(settings.workers_per_guard, settings.queue_per_guard)
+        # One call per worker batch until the guard's call times are known (a slow guard's calls must not queue
+        # behind each other in one worker).
+        self.pool = GuardPool(settings.workers_per_guard, settings.queue_per_guard, max_batch=1)
         self.budget = RetryBudget(settings.retry_budget_percent / 100.0, settings.retry_min_concurrency)
         self.intensity = RestartIntensity(settings.restart_max, settings.restart_period_s)
         self.health = HealthState(checks_enabled=not settings.disable_health_checks)

@@ -34,7 +34,9 @@ from actors.messages import (
     Unsubscribe,
 )
 from actors.messages.control import (
+    AbandonPending,
     Configure,
+    Drained,
     RateLimitGrant,
     Readiness,
     ShimListening,
@@ -77,6 +79,8 @@ class HttpShim(ShimOps, AeyonActor):
         self.dispatcher: Dispatcher | None = None
         self.ready = False
         self.draining = False
+        self.accepting = True
+        self.drained_sent = False
         self.routes_version = -1
         self.interest: frozenset[str] = frozenset()
         self.events: list[Event] = []
@@ -143,6 +147,7 @@ class HttpShim(ShimOps, AeyonActor):
         if self.violations and self.peers is not None:
             self.send(self.peers.rate_limiter, ViolationsObserved(tuple(self.violations)))
             self.violations = []
+        self._check_drained()
         self._arm_timer()
 
     def receiveMsg_Configure(self, message: Configure, sender: Any) -> None:
@@ -244,6 +249,24 @@ class HttpShim(ShimOps, AeyonActor):
     def receiveMsg_Readiness(self, message: Readiness, sender: Any) -> None:
         self.ready = message.ready
         self.draining = message.draining
+        self.accepting = message.accepting
+        self.drained_sent = False
+
+    def receiveMsg_AbandonPending(self, message: AbandonPending, sender: Any) -> None:
+        if self.dispatcher is None:
+            return
+        abandoned = self.dispatcher.take_all()
+        for pending in abandoned:
+            self._answer_error(pending, "service_unavailable", f"the orchestrator is stopping: {message.reason}",
+                               retry_after=1)
+        self.drained_sent = True
+        self.send(sender, Drained(len(abandoned)))
+
+    def _check_drained(self) -> None:
+        if self.draining and not self.accepting and not self.drained_sent and self.dispatcher is not None \
+                and self.dispatcher.in_flight == 0 and self.peers is not None:
+            self.drained_sent = True
+            self.send(self.peers.orchestrator, Drained())
 
     def receiveMsg_EventsInterest(self, message: EventsInterest, sender: Any) -> None:
         self.interest = message.event_types
@@ -332,7 +355,8 @@ class HttpShim(ShimOps, AeyonActor):
     def _respond(self, conn_id: int, status: int, headers: list[tuple[str, str]], body: bytes) -> None:
         self.conn_keys.pop(conn_id, None)
         if self.server is not None:
-            self.server.respond(conn_id, status, headers, body)
+            # While draining, every answer closes its connection: keep-alive clients reconnect, elsewhere.
+            self.server.respond(conn_id, status, headers, body, close=self.draining)
 
     def _protocol_error(self, status: int, code: str, message: str) -> tuple[list[tuple[str, str]], bytes]:
         request_id = new_request_id()
@@ -519,6 +543,8 @@ class HttpShim(ShimOps, AeyonActor):
         header_id = request.headers.get("x-request-id")
         fallback = header_id if header_id is not None and valid_request_id(header_id) else new_request_id()
         try:
+            if not self.accepting:
+                raise RequestError("service_unavailable", "the orchestrator is shutting down", retry_after=1)
             valid = parse_orchestrate_body(request.body, header_request_id=fallback, client_id=screened.identifier)
             pending = self.dispatcher.submit(valid, request.conn_id)
         except RequestError as exc:
@@ -552,6 +578,8 @@ class HttpShim(ShimOps, AeyonActor):
     def receiveMsg_Orchestrate(self, message: Orchestrate, sender: Any) -> None:
         assert self.dispatcher is not None
         try:
+            if not self.accepting:
+                raise RequestError("service_unavailable", "the orchestrator is shutting down", retry_after=1)
             valid = validate_orchestrate(message.request_id, message.service, message.payload, message.timeout,
                                          message.client_id)
             # Actor-system callers are local and trusted; those that name a client_id are rate-limited by it.

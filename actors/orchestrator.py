@@ -45,11 +45,14 @@ from actors.messages import (
     WatchShutdown,
 )
 from actors.messages.control import (
+    AbandonPending,
     ActorDescription,
     Configure,
     ConfigureGuard,
     DescribeActor,
     DescribeTree,
+    Drain,
+    Drained,
     GuardStateSaved,
     HealthReport,
     Peers,
@@ -73,6 +76,8 @@ from system.restart import RestartIntensity
 
 START_TIMEOUT_S = 15.0
 ESCALATION_GRACE_S = 1.0
+# After telling entries to answer what is left, how long to wait for them to say so before stopping anyway.
+ABANDON_GRACE_S = 1.0
 
 CONTROL_ACTORS: dict[str, type] = {
     "event_bus": EventBus,
@@ -119,6 +124,10 @@ class Orchestrator(AeyonActor):
         self.initialized = False
         self.watcher: Any = None
         self.escalated = ""
+        self.draining: str | None = None
+        self.accepting = True
+        self.drained_shims: list[Any] = []
+        self.drain_finished = False
         self.sink_pid: int | None = None
         self.http_address: tuple[str, int] | None = None
         self.exiting = False
@@ -181,6 +190,17 @@ class Orchestrator(AeyonActor):
             self.starter = None
 
     def receiveMsg_WakeupMessage(self, message: WakeupMessage, sender: Any) -> None:
+        if message.payload == "stop-accepting" and self.draining is not None:
+            self.accepting = False
+            self._push_readiness()
+        if message.payload == "drain-deadline" and self.draining is not None and not self.drain_finished:
+            # Whatever is still in flight is answered now rather than cut off; then stop (or in a moment).
+            for shim in self.shims:
+                if shim.listening:
+                    self.send(shim.address, AbandonPending("the drain timeout passed"))
+            self.wakeupAfter(ABANDON_GRACE_S, payload="drain-abandoned")
+        if message.payload == "drain-abandoned":
+            self._drain_done("the drain timeout passed; requests still in flight were answered 503")
         if message.payload == "escalate" and self.watcher is not None:
             self.send(self.watcher, ShutdownRequested("escalation", self.escalated))
         if message.payload == "start-timeout" and not self.started and self.starter is not None:
@@ -236,7 +256,8 @@ class Orchestrator(AeyonActor):
             self._push_readiness()
 
     def _push_readiness(self) -> None:
-        readiness = Readiness(self.initialized)
+        draining = self.draining is not None
+        readiness = Readiness(self.initialized and not draining, draining, self.accepting)
         for shim in self.shims:
             if shim.listening:
                 self.send(shim.address, readiness)
@@ -397,8 +418,44 @@ class Orchestrator(AeyonActor):
 
     def receiveMsg_StopOrchestrator(self, message: StopOrchestrator, sender: Any) -> None:
         if self.watcher is not None:
-            self.send(self.watcher, ShutdownRequested(message.request_id, "aeyon stop"))
+            if message.drain and self.started:
+                # An operator asked: no grace for load balancers, but the requests in flight are answered.
+                self._drain(0.0, self.settings.drain_timeout_s, "aeyon stop")
+            else:
+                self.send(self.watcher, ShutdownRequested(message.request_id, "aeyon stop --now"))
         self.send(sender, StopAccepted(message.request_id, self.watcher is not None, os.getsid(0)))
+
+    # -- graceful drain ----------------------------------------------------------------------------------------
+
+    def receiveMsg_Drain(self, message: Drain, sender: Any) -> None:
+        self._drain(message.grace_s, message.timeout_s, "signal")
+
+    def _drain(self, grace_s: float, timeout_s: float, why: str) -> None:
+        if self.draining is not None:
+            return
+        self.log.info("draining (%s): /ready is 503; new requests taken for %g s, then refused; in-flight ones get "
+                      "%g s more", why, grace_s, timeout_s)
+        self.draining = why
+        self.accepting = grace_s > 0
+        self.drained_shims = []
+        self._push_readiness()
+        self.wakeupAfter(grace_s, payload="stop-accepting")
+        self.wakeupAfter(grace_s + timeout_s, payload="drain-deadline")
+
+    def receiveMsg_Drained(self, message: Drained, sender: Any) -> None:
+        if self.draining is None or self.accepting:
+            return
+        if not any(address == sender for address in self.drained_shims):
+            self.drained_shims.append(sender)
+        if all(any(s.address == d for d in self.drained_shims) for s in self.shims if s.listening):
+            self._drain_done("every request answered" if message.in_flight == 0 else
+                             f"{message.in_flight} requests still in flight were answered 503")
+
+    def _drain_done(self, how: str) -> None:
+        if self.watcher is not None and not self.drain_finished:
+            self.drain_finished = True
+            self.log.info("drained: %s", how)
+            self.send(self.watcher, ShutdownRequested("drained", f"drained after {self.draining}: {how}"))
 
     def receiveMsg_ActorExitRequest(self, message: ActorExitRequest, sender: Any) -> None:
         # Children stop with us; their exits must not be taken for failures and replaced (that would leak

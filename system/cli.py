@@ -17,7 +17,8 @@ from typing import Any
 
 from system.errors import AeyonError, ConfigError
 
-STOP_TIMEOUT_S = 30.0
+# A stop drains first (AEYON_DRAIN_TIMEOUT, 30 s by default), then shuts down (at most about 11 s).
+STOP_TIMEOUT_S = 90.0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -69,7 +70,9 @@ def _parser() -> argparse.ArgumentParser:
     _admin_port(events)
     events.set_defaults(run=_events)
 
-    stop = sub.add_parser("stop", help="stop the running orchestrator and every process it started")
+    stop = sub.add_parser("stop", help="stop the running orchestrator and every process it started (after the "
+                                       "requests in flight are answered)")
+    stop.add_argument("--now", action="store_true", help="do not wait for the requests in flight")
     _admin_port(stop)
     stop.set_defaults(run=_stop)
     return parser
@@ -200,7 +203,7 @@ def _stop(args: argparse.Namespace) -> int:
 
     gw = Gateway.connect(admin_port=args.admin_port)
     try:
-        accepted = gw.stop()
+        accepted = gw.stop(drain=not args.now)
         if not accepted.watched:
             # Nobody runs `aeyon serve` for this system any more: stop it from here.
             gw.shutdown_system()

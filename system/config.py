@@ -52,6 +52,8 @@ class Settings:
     health_interval_s: float = 30.0
     health_timeout_s: float = 5.0
     shims: int = 1
+    drain_grace_s: float = 5.0
+    drain_timeout_s: float = 30.0
     events_queue: int = 1000
     events_ack_timeout_s: float = 30.0
     http_header_timeout_s: float = 10.0
@@ -99,6 +101,8 @@ class Settings:
             health_interval_s=env.get("AEYON_HEALTH_INTERVAL", _seconds(0.05, 86_400), 30.0),
             health_timeout_s=env.get("AEYON_HEALTH_TIMEOUT", _seconds(0.05, 300), 5.0),
             shims=env.get("AEYON_SHIMS", _int_range(1, 64), 1),
+            drain_grace_s=env.get("AEYON_DRAIN_GRACE", _seconds(0, 3600), 5.0),
+            drain_timeout_s=env.get("AEYON_DRAIN_TIMEOUT", _seconds(0, 3600), 30.0),
             events_queue=env.get("AEYON_EVENTS_QUEUE", _int_range(1, 1_000_000), 1000),
             events_ack_timeout_s=env.get("AEYON_EVENTS_ACK_TIMEOUT", _seconds(0.1, 3600), 30.0),
             http_header_timeout_s=env.get("AEYON_HTTP_HEADER_TIMEOUT", _seconds(0.1, 3600), 10.0),

@@ -173,6 +173,14 @@ class Dispatcher:
         if unacked is not None and unacked[0] == batch_id:
             del self._unacked[service]
 
+    def take_all(self) -> list[Pending]:
+        """Take every pending request (the entry is stopping and answers them all now)."""
+        pendings = list(self._pending.values())
+        for pending in pendings:
+            self._forget(pending.key)
+        self._outbox.clear()
+        return pendings
+
     def pending(self, key: int) -> Pending | None:
         """A pending request, left in place."""
         return self._pending.get(key)

@@ -184,10 +184,11 @@ class Gateway:
             raise GatewayError("the orchestrator did not draw its actor tree")
         return reply.tree
 
-    def stop(self) -> StopAccepted:
-        """Ask the orchestrator to stop; ``watched`` when its ``aeyon serve`` process took the request."""
+    def stop(self, drain: bool = True) -> StopAccepted:
+        """Ask the orchestrator to stop (after the requests in flight are answered, with ``drain``); ``watched``
+        when its ``aeyon serve`` process took the request."""
         request_id = new_request_id()
-        reply = self._control(StopOrchestrator(request_id), request_id)
+        reply = self._control(StopOrchestrator(request_id, drain), request_id)
         if not isinstance(reply, StopAccepted):
             raise GatewayError("the orchestrator did not answer the stop request")
         return reply

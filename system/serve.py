@@ -20,7 +20,7 @@ import sys
 import time
 from types import FrameType
 
-from actors.messages import ShutdownRequested, Start, Started, StartFailed, WatchShutdown
+from actors.messages import Drain, ShutdownRequested, Start, Started, StartFailed, WatchShutdown
 from system.actor_system import root_address, start_system
 from system.config import Settings
 from system.errors import AeyonError, GatewayError
@@ -28,6 +28,8 @@ from system.reaper import reap_session
 from system.validation import new_request_id
 
 START_TIMEOUT_S = 20.0
+# Past the drain's own deadline, how long to wait for the root before stopping anyway.
+DRAIN_SLACK_S = 5.0
 GUARDS_START_TIMEOUT_S = 10.0
 
 log = logging.getLogger("aeyon.serve")
@@ -139,13 +141,23 @@ def serve(settings: Settings) -> int:
         log.info("Aeyon Orchestrator listening on http://%s:%d (actor admin port %d, pid %d)",
                  reply.http_host, reply.http_port, settings.admin_port, os.getpid())
         asys.tell(root, WatchShutdown(request_id))
-        while not stop_signal:
+        give_up_at: float | None = None
+        while True:
             message = asys.listen(0.25)
             if isinstance(message, ShutdownRequested):
                 log.info("stopping: %s", message.reason)
                 return 1 if message.request_id == "escalation" else 0
-        log.info("stopping: signal %s", signal.Signals(stop_signal[0]).name)
-        return 0
+            if len(stop_signal) >= 2:
+                log.info("stopping now: a second signal (%s)", signal.Signals(stop_signal[-1]).name)
+                return 0
+            if stop_signal and give_up_at is None:
+                # SIGTERM (a rolling update) or Ctrl-C: drain first; the root says when it is done.
+                log.info("signal %s: draining", signal.Signals(stop_signal[0]).name)
+                asys.tell(root, Drain(request_id, settings.drain_grace_s, settings.drain_timeout_s))
+                give_up_at = time.monotonic() + settings.drain_grace_s + settings.drain_timeout_s + DRAIN_SLACK_S
+            if give_up_at is not None and time.monotonic() > give_up_at:
+                log.warning("stopping: the drain did not finish in time")
+                return 0
     finally:
         if asys is not None:
             asys.shutdown()

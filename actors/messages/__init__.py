@@ -7,6 +7,7 @@ imperative (``Orchestrate``, ``CallGuard``), outcomes are nouns or past tense (`
 """
 
 from actors.messages.control import (
+    AbandonPending,
     ActorDescription,
     ActorTree,
     Configure,
@@ -15,6 +16,8 @@ from actors.messages.control import (
     DescribeEntry,
     DescribeService,
     DescribeTree,
+    Drain,
+    Drained,
     EntryDescribed,
     GuardStateSaved,
     HealthReport,
@@ -87,6 +90,7 @@ from actors.messages.public import (
 __all__ = [
     "EVENT_TYPES",
     "PER_REQUEST_EVENT_TYPES",
+    "AbandonPending",
     "ActorDescription",
     "ActorTree",
     "CallAccepted",
@@ -101,6 +105,8 @@ __all__ = [
     "DescribeEntry",
     "DescribeService",
     "DescribeTree",
+    "Drain",
+    "Drained",
     "EntryDescribed",
     "Event",
     "EventsAck",

@@ -169,10 +169,12 @@ class HealthReport:
 
 @attrs.frozen
 class Readiness:
-    """Root -> entries: whether ``GET /ready`` answers 200."""
+    """Root -> entries: whether ``GET /ready`` answers 200; while ``draining``, answers close their connections,
+    and once ``accepting`` is false new requests are refused."""
 
     ready: bool
     draining: bool = False
+    accepting: bool = True
 
 
 @attrs.frozen
@@ -231,9 +233,11 @@ class Relay:
 
 @attrs.frozen
 class StopOrchestrator:
-    """Ask the orchestrator to stop (``aeyon stop``); the process that runs ``aeyon serve`` shuts it down."""
+    """Ask the orchestrator to stop (``aeyon stop``); the process that runs ``aeyon serve`` shuts it down, after
+    the requests in flight are answered (``drain``) or at once."""
 
     request_id: str
+    drain: bool = True
 
 
 @attrs.frozen
@@ -336,3 +340,29 @@ class ViolationsObserved:
     client address)."""
 
     violations: tuple[tuple[str, str, str], ...]
+
+
+@attrs.frozen
+class Drain:
+    """``aeyon serve`` (on SIGTERM) or ``aeyon stop`` -> root: stop gracefully. ``/ready`` turns 503 at once, new
+    requests are still taken for ``grace_s`` (while load balancers notice), then refused; requests in flight get
+    until ``timeout_s`` after that; then the root asks the serve process to stop everything."""
+
+    request_id: str
+    grace_s: float
+    timeout_s: float
+
+
+@attrs.frozen
+class Drained:
+    """Entry -> root: not accepting, and nothing left in flight."""
+
+    in_flight: int = 0
+
+
+@attrs.frozen
+class AbandonPending:
+    """Root -> entries, at the drain's deadline: answer every request still in flight now (503), then report
+    ``Drained``."""
+
+    reason: str
