@@ -148,6 +148,14 @@ class CircuitBreaker:
             return 0.0
         return max(0.0, self._open_until - self._now())
 
+    def reconfigure(self, config: BreakerConfig) -> None:
+        """New thresholds and periods, keeping the state, the trips and the most recent calls of the window."""
+        self.config = config
+        recent = list(self._window)[-config.window_size:]
+        self._window = deque(recent, maxlen=config.window_size)
+        self._failures = sum(failed for failed, _ in recent)
+        self._slow = sum(slow for _, slow in recent)
+
     def snapshot(self) -> dict[str, Any]:
         """The breaker as JSON-ready data: for inspection, and for ``restore()`` after a restart."""
         state = self.state

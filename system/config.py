@@ -67,55 +67,66 @@ class Settings:
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
         """Read the settings from ``environ``; raise ``ConfigError`` naming the first bad variable."""
-        env = _Env(environ)
-        guard_urls = {}
-        for service_type, info in SERVICE_TYPES.items():
-            url = env.get(info.env_var, _guard_url, None)
-            if url:
-                guard_urls[service_type] = url
-        return cls(
-            guard_urls=guard_urls,
-            disable_health_checks=env.get("DISABLE_HEALTH_CHECKS", _boolean, False),
-            guardian_zero_url=env.get("GUARDIAN_ZERO_URL", _guard_url, None),
-            guardian_zero_enabled=env.get("GUARDIAN_ZERO_ENABLED", _boolean, False),
-            allowed_ips=env.get("SECURITY_ALLOWED_IPS", _networks, ()),
-            secret_key=env.get("SECURITY_SECRET_KEY", _secret, None),
-            max_requests_per_minute=env.get("SECURITY_MAX_REQUESTS_PER_MINUTE", _int_range(1, 10_000_000), 100),
-            host=env.get("AEYON_HOST", _host, "127.0.0.1"),
-            port=env.get("AEYON_PORT", _int_range(0, 65535), 8000),
-            admin_port=env.get("AEYON_ADMIN_PORT", _int_range(1, 65535), 1900),
-            admin_token=env.get("AEYON_ADMIN_TOKEN", _secret, None),
-            trusted_proxies=env.get("AEYON_TRUSTED_PROXIES", _networks, ()),
-            workers_per_guard=env.get("AEYON_WORKERS_PER_GUARD", _int_range(1, 256), 10),
-            max_in_flight=env.get("AEYON_MAX_IN_FLIGHT", _int_range(1, 100_000), 100),
-            max_in_flight_per_guard=env.get("AEYON_MAX_IN_FLIGHT_PER_GUARD", _int_range(1, 100_000), 75),
-            queue_per_guard=env.get("AEYON_QUEUE_PER_GUARD", _int_range(1, 100_000), 100),
-            breaker=_breaker(env),
-            retry_attempts=env.get("AEYON_RETRY_ATTEMPTS", _int_range(1, 10), 3),
-            retry_budget_percent=env.get("AEYON_RETRY_BUDGET_PERCENT", _number(0, 100), 20.0),
-            retry_min_concurrency=env.get("AEYON_RETRY_MIN_CONCURRENCY", _int_range(0, 10_000), 3),
-            restart_max=env.get("AEYON_RESTART_MAX", _int_range(0, 1000), 5),
-            restart_period_s=env.get("AEYON_RESTART_PERIOD", _seconds(0.1, 3600), 10.0),
-            fail_open=env.get("AEYON_FAIL_OPEN", _names, frozenset()),
-            allow_unchecked=env.get("AEYON_ALLOW_UNCHECKED", _names, frozenset()),
-            health_interval_s=env.get("AEYON_HEALTH_INTERVAL", _seconds(0.05, 86_400), 30.0),
-            health_timeout_s=env.get("AEYON_HEALTH_TIMEOUT", _seconds(0.05, 300), 5.0),
-            shims=env.get("AEYON_SHIMS", _int_range(1, 64), 1),
-            drain_grace_s=env.get("AEYON_DRAIN_GRACE", _seconds(0, 3600), 5.0),
-            drain_timeout_s=env.get("AEYON_DRAIN_TIMEOUT", _seconds(0, 3600), 30.0),
-            events_queue=env.get("AEYON_EVENTS_QUEUE", _int_range(1, 1_000_000), 1000),
-            events_ack_timeout_s=env.get("AEYON_EVENTS_ACK_TIMEOUT", _seconds(0.1, 3600), 30.0),
-            http_header_timeout_s=env.get("AEYON_HTTP_HEADER_TIMEOUT", _seconds(0.1, 3600), 10.0),
-            http_body_timeout_s=env.get("AEYON_HTTP_BODY_TIMEOUT", _seconds(0.1, 3600), 60.0),
-            http_idle_timeout_s=env.get("AEYON_HTTP_IDLE_TIMEOUT", _seconds(0.1, 86_400), 60.0),
-            http_max_connections=env.get("AEYON_HTTP_MAX_CONNECTIONS", _int_range(1, 1_000_000), 10_000),
-            log_format=env.get("AEYON_LOG_FORMAT", _choice("text", "json"), "text"),
-            log_level=env.get("AEYON_LOG_LEVEL", _choice("DEBUG", "INFO", "WARNING", "ERROR"), "INFO"),
-        )
+        return _read(_Env(environ))
+
+
+    @staticmethod
+    def variables() -> tuple[str, ...]:
+        """Every environment variable the settings are read from."""
+        env = _Env({})
+        _read(env)
+        return tuple(env.names)
 
     def with_guard_urls(self, urls: Mapping[str, str], *, embedded: bool) -> Settings:
         """A copy routing to ``urls`` (used when ``aeyon serve`` starts the reference guards)."""
         return attrs.evolve(self, guard_urls=dict(urls), embedded=embedded)
+
+
+def _read(env: _Env) -> Settings:
+    guard_urls = {}
+    for service_type, info in SERVICE_TYPES.items():
+        url = env.get(info.env_var, _guard_url, None)
+        if url:
+            guard_urls[service_type] = url
+    return Settings(
+        guard_urls=guard_urls,
+        disable_health_checks=env.get("DISABLE_HEALTH_CHECKS", _boolean, False),
+        guardian_zero_url=env.get("GUARDIAN_ZERO_URL", _guard_url, None),
+        guardian_zero_enabled=env.get("GUARDIAN_ZERO_ENABLED", _boolean, False),
+        allowed_ips=env.get("SECURITY_ALLOWED_IPS", _networks, ()),
+        secret_key=env.get("SECURITY_SECRET_KEY", _secret, None),
+        max_requests_per_minute=env.get("SECURITY_MAX_REQUESTS_PER_MINUTE", _int_range(1, 10_000_000), 100),
+        host=env.get("AEYON_HOST", _host, "127.0.0.1"),
+        port=env.get("AEYON_PORT", _int_range(0, 65535), 8000),
+        admin_port=env.get("AEYON_ADMIN_PORT", _int_range(1, 65535), 1900),
+        admin_token=env.get("AEYON_ADMIN_TOKEN", _secret, None),
+        trusted_proxies=env.get("AEYON_TRUSTED_PROXIES", _networks, ()),
+        workers_per_guard=env.get("AEYON_WORKERS_PER_GUARD", _int_range(1, 256), 10),
+        max_in_flight=env.get("AEYON_MAX_IN_FLIGHT", _int_range(1, 100_000), 100),
+        max_in_flight_per_guard=env.get("AEYON_MAX_IN_FLIGHT_PER_GUARD", _int_range(1, 100_000), 75),
+        queue_per_guard=env.get("AEYON_QUEUE_PER_GUARD", _int_range(1, 100_000), 100),
+        breaker=_breaker(env),
+        retry_attempts=env.get("AEYON_RETRY_ATTEMPTS", _int_range(1, 10), 3),
+        retry_budget_percent=env.get("AEYON_RETRY_BUDGET_PERCENT", _number(0, 100), 20.0),
+        retry_min_concurrency=env.get("AEYON_RETRY_MIN_CONCURRENCY", _int_range(0, 10_000), 3),
+        restart_max=env.get("AEYON_RESTART_MAX", _int_range(0, 1000), 5),
+        restart_period_s=env.get("AEYON_RESTART_PERIOD", _seconds(0.1, 3600), 10.0),
+        fail_open=env.get("AEYON_FAIL_OPEN", _names, frozenset()),
+        allow_unchecked=env.get("AEYON_ALLOW_UNCHECKED", _names, frozenset()),
+        health_interval_s=env.get("AEYON_HEALTH_INTERVAL", _seconds(0.05, 86_400), 30.0),
+        health_timeout_s=env.get("AEYON_HEALTH_TIMEOUT", _seconds(0.05, 300), 5.0),
+        shims=env.get("AEYON_SHIMS", _int_range(1, 64), 1),
+        drain_grace_s=env.get("AEYON_DRAIN_GRACE", _seconds(0, 3600), 5.0),
+        drain_timeout_s=env.get("AEYON_DRAIN_TIMEOUT", _seconds(0, 3600), 30.0),
+        events_queue=env.get("AEYON_EVENTS_QUEUE", _int_range(1, 1_000_000), 1000),
+        events_ack_timeout_s=env.get("AEYON_EVENTS_ACK_TIMEOUT", _seconds(0.1, 3600), 30.0),
+        http_header_timeout_s=env.get("AEYON_HTTP_HEADER_TIMEOUT", _seconds(0.1, 3600), 10.0),
+        http_body_timeout_s=env.get("AEYON_HTTP_BODY_TIMEOUT", _seconds(0.1, 3600), 60.0),
+        http_idle_timeout_s=env.get("AEYON_HTTP_IDLE_TIMEOUT", _seconds(0.1, 86_400), 60.0),
+        http_max_connections=env.get("AEYON_HTTP_MAX_CONNECTIONS", _int_range(1, 1_000_000), 10_000),
+        log_format=env.get("AEYON_LOG_FORMAT", _choice("text", "json"), "text"),
+        log_level=env.get("AEYON_LOG_LEVEL", _choice("DEBUG", "INFO", "WARNING", "ERROR"), "INFO"),
+    )
 
 
 class _Env:
@@ -123,8 +134,10 @@ class _Env:
 
     def __init__(self, environ: Mapping[str, str]):
         self._environ = environ
+        self.names: list[str] = []
 
     def get(self, name: str, parse: Callable[[str], T], default: T) -> T:
+        self.names.append(name)
         raw = self._environ.get(name)
         if raw is None or raw.strip() == "":
             return default

@@ -66,7 +66,19 @@ class Edge:
         self._trusted = tuple(settings.trusted_proxies)
         self._allowlist = Allowlist(settings.allowed_ips)
         self._signatures = SignatureChecker(settings.secret_key, clock=wallclock) if settings.secret_key else None
+        self._key = settings.secret_key
         self._buckets = TokenBuckets(RateLimitPolicy(settings.max_requests_per_minute, share=share), clock=clock)
+
+    def reconfigure(self, settings: Any, wallclock: Callable[[], float] = time.time) -> None:
+        """New settings (hot reload): the buckets and the replay cache are kept."""
+        self._trusted = tuple(settings.trusted_proxies)
+        self._allowlist = Allowlist(settings.allowed_ips)
+        if not settings.secret_key:
+            self._signatures = None
+        elif self._signatures is None or self._key != settings.secret_key:
+            replay = self._signatures.replay if self._signatures is not None else None
+            self._signatures = SignatureChecker(settings.secret_key, clock=wallclock, replay=replay)
+        self._key = settings.secret_key
 
     def set_share(self, per_minute: int, share: float) -> None:
         """The RateLimiter's policy for this entry."""

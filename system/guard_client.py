@@ -157,10 +157,16 @@ def _new_session() -> requests.Session:
     return session
 
 
+def _no_constants(name: str) -> None:
+    # NaN and Infinity are not JSON: an answer holding them is a broken answer, and passing it on would make ours
+    # invalid too.
+    raise ValueError(f"{name} is not JSON")
+
+
 def _classify(status: int, content: bytes) -> CallOutcome:
     if 200 <= status < 300:
         try:
-            json.loads(content)
+            json.loads(content, parse_constant=_no_constants)
         except ValueError:
             return CallOutcome("upstream_error", status, message=f"the guard answered {status} with invalid JSON")
         return CallOutcome("success", status, content)
@@ -173,7 +179,7 @@ def _classify(status: int, content: bytes) -> CallOutcome:
 def _as_json_detail(content: bytes) -> bytes:
     """The guard's 4xx body as JSON: as sent when it is JSON, else as a JSON string (cut to 1 KiB)."""
     try:
-        json.loads(content)
+        json.loads(content, parse_constant=_no_constants)
         return content
     except ValueError:
         return json.dumps(content[:1024].decode("utf-8", "replace")).encode()

@@ -431,6 +431,7 @@ class HttpServer:
         keep = not close and conn.h11.our_state is h11.DONE and conn.h11.their_state is h11.DONE
         if keep:
             conn.h11.start_next_cycle()
+            conn.method = b""  # the next request's (a HEAD's bodiless answer must not carry over)
             conn.state = _WAITING
             conn.started = bool(conn.h11.trailing_data[0])
             conn.deadline = self._now() + (

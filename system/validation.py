@@ -167,7 +167,9 @@ def payload_problem(payload: dict[str, Any], *, from_json: bool = False) -> str 
                     return f"payload keys must be at most {MAX_KEY_LENGTH} characters"
             if isinstance(item, dict | list):
                 stack.append((item, depth + 1))
-            elif not from_json and not (isinstance(item, _SCALARS)
-                                        or (isinstance(item, float) and math.isfinite(item))):
+            elif isinstance(item, float):
+                if not math.isfinite(item):  # also from JSON text: 1e999 parses as infinity
+                    return "payload numbers must be finite"
+            elif not from_json and not isinstance(item, _SCALARS):
                 return f"payload values must be JSON (found {type(item).__name__})"
     return None

@@ -17,6 +17,8 @@ class Start:
 
     request_id: str
     settings: Any
+    # The environment the settings were read from (their variables only): hot reloads are checked against it.
+    environ: dict[str, str] = attrs.field(factory=dict)
 
 
 @attrs.frozen
@@ -366,3 +368,20 @@ class AbandonPending:
     ``Drained``."""
 
     reason: str
+
+
+@attrs.frozen
+class Reconfigure:
+    """Change settings while running (hot reload): ``values`` by variable name; answered with ``Reconfigured``
+    or ``Refused`` (the whole change refused, the running settings kept)."""
+
+    request_id: str
+    values: dict[str, Any]
+
+
+@attrs.frozen
+class Reconfigured:
+    """The change is in effect; ``changed`` names the settings that differ now."""
+
+    request_id: str
+    changed: tuple[str, ...]

@@ -322,3 +322,19 @@ def test_a_guard_that_answers_over_loopback_is_success():
             client.close()
             thread.join(5)
     assert outcome == CallOutcome("success", 200, reply)
+
+
+@responses.activate
+@pytest.mark.parametrize("body", [b'{"score": NaN}', b'{"score": Infinity}', b'[-Infinity]'])
+def test_an_answer_holding_nan_or_infinity_is_not_json_and_is_an_upstream_error(body: bytes) -> None:
+    # Found by bin/fuzz: Python's json accepts them, and passing them on would make our answer invalid JSON.
+    responses.add(responses.POST, URL, body=body, status=200, content_type="application/json")
+    assert GuardClient().call(URL, b"{}", "r1", time.time() + 5).outcome == "upstream_error"
+
+
+@responses.activate
+def test_a_4xx_detail_holding_nan_is_passed_back_as_a_json_string() -> None:
+    responses.add(responses.POST, URL, body=b'{"score": NaN}', status=422, content_type="application/json")
+    outcome = GuardClient().call(URL, b"{}", "r1", time.time() + 5)
+    assert outcome.outcome == "guard_rejected"
+    assert json.loads(outcome.body) == '{"score": NaN}'

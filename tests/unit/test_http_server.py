@@ -845,6 +845,20 @@ def test_a_head_request_gets_the_headers_without_the_body_and_the_connection_sta
     assert client.read_response().status_line == "HTTP/1.1 200 OK"
 
 
+def test_after_a_head_request_a_malformed_one_on_the_same_connection_still_gets_its_400(harness: Harness) -> None:
+    # Found by bin/fuzz: the HEAD's "no body" stuck to the connection, and the 400's body could not be sent.
+    owner = harness.owner()
+    client = owner.connect()
+    client.send(b"HEAD /health HTTP/1.1\r\nHost: test\r\n\r\n")
+    request = owner.next_request()
+    assert owner.server.respond(request.conn_id, 200, [], b'{"status": "ok"}')
+    assert client.read_response(has_body=False).status == 200
+    client.send(b"GET /health HTTP/1.1\r\nHost: test\r\nNoColon\r\n\r\n")
+    response = client.read_response()
+    assert response.status_line == "HTTP/1.1 400 Bad Request"
+    assert response.json()["code"] == "bad_request"
+
+
 def test_a_head_request_answered_with_no_body_keeps_the_connection(harness: Harness) -> None:
     owner = harness.owner()
     server = owner.server

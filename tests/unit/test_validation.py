@@ -389,3 +389,10 @@ def test_arbitrary_json_objects_give_a_request_or_a_request_error(fields):
 def test_arbitrary_bytes_inside_a_plausible_body_never_escape_as_other_exceptions(noise):
     _never_anything_but_request_error(b'{"service": "tokenguard", "payload": {"t": "' + noise + b'"}}')
     _never_anything_but_request_error(b'{"service": "tokenguard", "payload": ' + noise + b"}")
+
+
+def test_a_number_too_large_for_a_float_is_invalid_payload_not_infinity_sent_to_the_guard():
+    # Found by bin/fuzz: 1e99999 parses as inf, which json.dumps would send on as the non-JSON "Infinity".
+    with pytest.raises(RequestError) as info:
+        parse_orchestrate_body(b'{"service": "tokenguard", "payload": {"n": 1e99999}}')
+    assert info.value.code == "invalid_payload"
