@@ -37,6 +37,9 @@ class Discovery(AeyonActor):
     def receiveMsg_Configure(self, message: Configure, sender: Any) -> None:
         self.peers = message.peers
         if self.registry is not None:
+            # Again (a hot reload): the guards configured by environment follow their URL variables.
+            if self.registry.follow_settings(message.settings):
+                self._changed()
             return
         self.registry = Registry.from_settings(message.settings)
         for spec in self.registry.specs():

@@ -124,6 +124,7 @@ class GuardSupervisor(AeyonActor):
         self.spec, self.settings, self.peers = message.spec, message.settings, message.peers
         self.policy = GuardPolicy.for_service(message.spec.name, message.spec.metadata, message.settings)
         if not first:
+            self._apply(message.settings)
             return
         settings = message.settings
         # One call per worker batch until the guard's call times are known (a slow guard's calls must not queue
@@ -143,6 +144,19 @@ class GuardSupervisor(AeyonActor):
         self.pool.open_slot(0)
         self.workers.append(self._new_worker(0))
         self._tick_soon()
+
+    def _apply(self, settings: Any) -> None:
+        """New settings (a hot reload, or a new URL): limits and thresholds change; the breaker's state and window,
+        the health state and the calls in progress stay."""
+        assert self.pool is not None
+        self.pool.max_workers = settings.workers_per_guard
+        self.pool.queue_limit = settings.queue_per_guard
+        self.budget = RetryBudget(settings.retry_budget_percent / 100.0, settings.retry_min_concurrency)
+        self.intensity.max_restarts, self.intensity.period_s = settings.restart_max, settings.restart_period_s
+        self.breaker.reconfigure(self.policy.breaker)
+        self.health.checks_enabled = not settings.disable_health_checks
+        self._push_gate()
+        self._dispatch()
 
     # -- data plane --------------------------------------------------------------------------------------------
 

@@ -156,6 +156,7 @@ class HttpShim(ShimOps, AeyonActor):
         self.settings = message.settings
         self.peers = message.peers
         if not first:
+            self._apply(message.settings)
             if moved_bus:  # a new EventBus knows nothing of us: subscribe and register again
                 self.send(self.peers.event_bus, RegisterPublisher("shim"))
                 self.sse_subscription = frozenset()
@@ -168,11 +169,7 @@ class HttpShim(ShimOps, AeyonActor):
         for violation in VIOLATION_TYPES:  # every series exists from the start, at zero
             metrics.SECURITY_VIOLATIONS.labels(violation)
         metrics.RATE_LIMIT_EXCEEDED.labels("other")
-        limits = HttpLimits(header_timeout_s=settings.http_header_timeout_s,
-                            body_timeout_s=settings.http_body_timeout_s,
-                            idle_timeout_s=settings.http_idle_timeout_s,
-                            max_connections=settings.http_max_connections)
-        server = HttpServer(limits, self._protocol_error)
+        server = HttpServer(_limits(settings), self._protocol_error)
         try:
             host, port = server.listen(settings.host, settings.port)
         except OSError as exc:
@@ -184,6 +181,17 @@ class HttpShim(ShimOps, AeyonActor):
         self.next_sweep = time.monotonic() + SWEEP_INTERVAL_S
         self.send(sender, ShimListening(host, port))
         self.send(self.peers.event_bus, RegisterPublisher("shim"))
+
+    def _apply(self, settings: Any) -> None:
+        """New settings (a hot reload): limits and edge checks change; connections, buckets and pending requests
+        stay."""
+        if self.dispatcher is not None:
+            self.dispatcher.max_in_flight = max(1, settings.max_in_flight // settings.shims)
+            self.dispatcher.max_per_service = max(1, settings.max_in_flight_per_guard // settings.shims)
+        if self.server is not None:
+            self.server.limits = _limits(settings)
+        if self.edge is not None:
+            self.edge.reconfigure(settings)
 
     def receiveMsg_ActorExitRequest(self, message: ActorExitRequest, sender: Any) -> None:
         if self.server is not None:
@@ -488,6 +496,12 @@ class HttpShim(ShimOps, AeyonActor):
             if method not in ("GET", "HEAD"):
                 return self._method_not_allowed(request, request_id, "GET")
             return self._respond(request.conn_id, 200, response_headers(request_id), openapi_document())
+        if path == "/v1/config":
+            if method == "GET":
+                return self._show_config(request, request_id)
+            if method == "POST":
+                return self._reconfigure_http(request, request_id)
+            return self._method_not_allowed(request, request_id, "GET, POST")
         if path == "/v1/events":
             if method != "GET":
                 return self._method_not_allowed(request, request_id, "GET")
@@ -616,3 +630,8 @@ class HttpShim(ShimOps, AeyonActor):
             "ready": self.ready,
             **self.counters,
         }
+
+
+def _limits(settings: Any) -> HttpLimits:
+    return HttpLimits(header_timeout_s=settings.http_header_timeout_s, body_timeout_s=settings.http_body_timeout_s,
+                      idle_timeout_s=settings.http_idle_timeout_s, max_connections=settings.http_max_connections)

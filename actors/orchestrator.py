@@ -57,6 +57,8 @@ from actors.messages.control import (
     HealthReport,
     Peers,
     Readiness,
+    Reconfigure,
+    Reconfigured,
     Refused,
     Relay,
     RestoreRegistry,
@@ -71,7 +73,9 @@ from actors.rate_limiter import RateLimiter
 from actors.router import Router
 from system import metrics
 from system.clock import wallclock
+from system.errors import ConfigError
 from system.health import STATES
+from system.reload import changed_fields, reconfigured
 from system.restart import RestartIntensity
 
 START_TIMEOUT_S = 15.0
@@ -125,6 +129,8 @@ class Orchestrator(AeyonActor):
         self.watcher: Any = None
         self.escalated = ""
         self.draining: str | None = None
+        self.environ: dict[str, str] = {}
+        self.applied: dict[str, str] = {}
         self.accepting = True
         self.drained_shims: list[Any] = []
         self.drain_finished = False
@@ -145,6 +151,7 @@ class Orchestrator(AeyonActor):
                 self.send(sender, StartFailed(message.request_id, "the orchestrator is already starting"))
             return
         self.settings = message.settings
+        self.environ = dict(message.environ)
         self.intensity = RestartIntensity(self.settings.restart_max, self.settings.restart_period_s)
         self.starter = (sender, message.request_id)
         self.configured = set(self.settings.guard_urls)
@@ -424,6 +431,30 @@ class Orchestrator(AeyonActor):
             else:
                 self.send(self.watcher, ShutdownRequested(message.request_id, "aeyon stop --now"))
         self.send(sender, StopAccepted(message.request_id, self.watcher is not None, os.getsid(0)))
+
+    # -- hot reload --------------------------------------------------------------------------------------------
+
+    def receiveMsg_Reconfigure(self, message: Reconfigure, sender: Any) -> None:
+        try:
+            settings, applied = reconfigured(self.environ, self.applied, message.values, self.settings)
+        except ConfigError as exc:
+            self.send(sender, Refused(message.request_id, "invalid_request", str(exc)))
+            return
+        changed = changed_fields(self.settings, settings)
+        self.settings, self.applied = settings, applied
+        self.intensity.max_restarts, self.intensity.period_s = settings.restart_max, settings.restart_period_s
+        self.log.info("reconfigured: %s", ", ".join(changed) or "nothing changed")
+        # Every actor applies what concerns it and keeps its state (breaker windows, health, buckets).
+        peers = self.peers()
+        configure = Configure(settings, peers)
+        for address in self.control.values():
+            self.send(address, configure)
+        for shim in self.shims:
+            self.send(shim.address, configure)
+        for guard in self.guards.values():
+            self.send(guard.address, ConfigureGuard(guard.spec, settings, peers))
+        self._push_topology()
+        self.send(sender, Reconfigured(message.request_id, tuple(changed)))
 
     # -- graceful drain ----------------------------------------------------------------------------------------
 

@@ -23,13 +23,30 @@ from actors.messages import (
     ServiceUnregistered,
     UnregisterService,
 )
-from actors.messages.control import ActorDescription, ActorTree, DescribeActor, DescribeTree, Refused
+from actors.messages.control import (
+    ActorDescription,
+    ActorTree,
+    DescribeActor,
+    DescribeTree,
+    Reconfigure,
+    Reconfigured,
+    Refused,
+)
 from system.admin_auth import admin_refusal
+from system.config import describe
 from system.dispatch import Dispatcher
 from system.envelope import error_body, error_status, json_body, response_headers
 from system.errors import RequestError
 from system.http_server import HttpRequest
-from system.ops import CONTROL_TIMEOUT_S, LISTING_TIMEOUT_S, Op, OpsTable, registry_answer, services_view
+from system.ops import (
+    CONTROL_TIMEOUT_S,
+    LISTING_TIMEOUT_S,
+    Op,
+    OpsTable,
+    reconfigure_answer,
+    registry_answer,
+    services_view,
+)
 from system.tree import TreeWalk, thespian_counters
 from system.validation import parse_json_object
 
@@ -83,6 +100,26 @@ class ShimOps:
         self._respond(request.conn_id, error_status(code), response_headers(request_id),
                       error_body(request_id, None, code, message))
         return True
+
+    # -- settings ----------------------------------------------------------------------------------------------
+
+    def _show_config(self, request: HttpRequest, request_id: str) -> None:
+        if self._admin_refused(request, request_id):
+            return
+        self._respond(request.conn_id, 200, response_headers(request_id), json_body(describe(self.settings)))
+
+    def _reconfigure_http(self, request: HttpRequest, request_id: str) -> None:
+        if self._admin_refused(request, request_id):
+            return
+        try:
+            values = parse_json_object(request.body, request_id=request_id)
+        except RequestError as exc:
+            return self._http_error(request.conn_id, exc, request_id)
+        op = self.ops.start("reconfigure", request.conn_id, request_id, {"root"}, CONTROL_TIMEOUT_S)
+        self.send(self.peers.orchestrator, Reconfigure(op.key, values))
+
+    def receiveMsg_Reconfigured(self, message: Reconfigured, sender: Any) -> None:
+        self._part(message.request_id, "root", message)
 
     # -- ops requests that wait on other actors ----------------------------------------------------------------
 
@@ -142,7 +179,9 @@ class ShimOps:
         self._part(message.request_id, "discovery", message)
 
     def receiveMsg_Refused(self, message: Refused, sender: Any) -> None:
-        self._part(message.request_id, "discovery", message)
+        # From Discovery (a registration) or the root (a reconfiguration): the op knows which part it waits for.
+        waiting = self.ops.waiting_for(message.request_id)
+        self._part(message.request_id, waiting or "discovery", message)
 
     def _part(self, key: str, part: str, value: Any) -> None:
         assert self.dispatcher is not None
@@ -160,6 +199,8 @@ class ShimOps:
             else:
                 self.send(op.origin, ServiceList(op.request_id, tuple(services)))
             return
+        if op.kind == "reconfigure":
+            return self._respond(op.origin, *reconfigure_answer(op))
         if isinstance(op.origin, int):
             self._respond(op.origin, *registry_answer(op))
             return

@@ -92,11 +92,19 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         from system.config import Settings
         from system.logs import configure
+        from system.reload import ENV_FILE, read_env_file
         from system.serve import serve
 
-        settings = Settings.from_env(os.environ)
+        environ = dict(os.environ)
+        config_file = environ.get(ENV_FILE)
+        if config_file:
+            try:
+                environ.update(read_env_file(config_file))  # the file's values win over the environment's
+            except OSError as exc:
+                raise ConfigError(f"{ENV_FILE}: cannot read {config_file}: {exc.strerror}") from None
+        settings = Settings.from_env(environ)
         configure(settings.log_level, settings.log_format)
-        return serve(settings)
+        return serve(settings, environ)
     finally:
         shutil.rmtree(metrics_dir, ignore_errors=True)
 

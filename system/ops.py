@@ -15,7 +15,7 @@ from typing import Any
 import attrs
 
 from actors.messages import Route, ServiceRegistered, ServiceUnregistered
-from actors.messages.control import Refused
+from actors.messages.control import Reconfigured, Refused
 from system.envelope import error_body, error_status, json_body, response_headers
 
 LISTING_TIMEOUT_S = 1.0
@@ -79,6 +79,11 @@ class OpsTable:
             return None
         return self._ops.pop(op.key, None)
 
+    def waiting_for(self, key: str) -> str | None:
+        """The part an op still waits for (one of them), or None."""
+        op = self._ops.get(key)
+        return next(iter(op.waiting), None) if op is not None else None
+
     def complete_now(self, op: Op) -> None:
         """Forget an op answered without waiting (nothing to wait for)."""
         self._ops.pop(op.key, None)
@@ -137,3 +142,15 @@ def registry_answer(op: Op) -> tuple[int, list[tuple[str, str]], bytes]:
     assert isinstance(reply, Refused)
     return (error_status(reply.code), response_headers(op.request_id),
             error_body(op.request_id, None, reply.code, reply.message))
+
+
+def reconfigure_answer(op: Op) -> tuple[int, list[tuple[str, str]], bytes]:
+    """The HTTP answer to ``POST /v1/config`` once its op ended."""
+    reply = op.replies.get("root")
+    if isinstance(reply, Reconfigured):
+        return 200, response_headers(op.request_id), json_body({"changed": list(reply.changed)})
+    if isinstance(reply, Refused):
+        return (error_status(reply.code), response_headers(op.request_id),
+                error_body(op.request_id, None, reply.code, reply.message))
+    return (503, response_headers(op.request_id, "service_unavailable", 1),
+            error_body(op.request_id, None, "service_unavailable", "the orchestrator did not answer"))

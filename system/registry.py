@@ -26,6 +26,22 @@ class Registry:
         source = "embedded" if settings.embedded else "env"
         return cls(ServiceSpec(t, t, url, {}, source) for t, url in settings.guard_urls.items())
 
+    def follow_settings(self, settings: Settings) -> bool:
+        """Update the guards that came from the environment to its new URLs (added, changed, removed); the ones
+        registered over the API stay. True when anything changed."""
+        wanted = {spec.name: spec for spec in Registry.from_settings(settings).specs()}
+        changed = False
+        for name, spec in list(self._specs.items()):
+            if spec.source in ("env", "embedded") and name not in wanted:
+                del self._specs[name]
+                changed = True
+        for name, spec in wanted.items():
+            current = self._specs.get(name)
+            if current is None or (current.source in ("env", "embedded") and current.url != spec.url):
+                self._specs[name] = spec
+                changed = True
+        return changed
+
     def specs(self) -> tuple[ServiceSpec, ...]:
         """Every registered guard, by name."""
         return tuple(self._specs[name] for name in sorted(self._specs))

@@ -18,13 +18,28 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from types import FrameType
+from typing import Any
 
-from actors.messages import Drain, ShutdownRequested, Start, Started, StartFailed, WatchShutdown
+from thespian.actors import ActorSystem
+
+from actors.messages import (
+    Drain,
+    Reconfigure,
+    Reconfigured,
+    Refused,
+    ShutdownRequested,
+    Start,
+    Started,
+    StartFailed,
+    WatchShutdown,
+)
 from system.actor_system import root_address, start_system
 from system.config import Settings
-from system.errors import AeyonError, GatewayError
+from system.errors import AeyonError, ConfigError, GatewayError
 from system.reaper import reap_session
+from system.reload import ENV_FILE, read_env_file, relevant
 from system.validation import new_request_id
 
 START_TIMEOUT_S = 20.0
@@ -102,7 +117,21 @@ def _http_port_problem(host: str, port: int) -> str | None:
     return None
 
 
-def serve(settings: Settings) -> int:
+def _reload(asys: ActorSystem, root: Any) -> None:
+    """SIGHUP: send the settings of AEYON_CONFIG_FILE to the root (its answer is logged by the main loop)."""
+    path = os.environ.get(ENV_FILE)
+    if not path:
+        log.warning("SIGHUP: no %s is set, so there is nothing to reload (POST /v1/config changes settings)", ENV_FILE)
+        return
+    try:
+        values = read_env_file(path)
+    except (OSError, ConfigError) as exc:
+        log.error("SIGHUP: %s", exc)
+        return
+    asys.tell(root, Reconfigure(new_request_id(), values))
+
+
+def serve(settings: Settings, environ: Mapping[str, str] | None = None) -> int:
     """Run the orchestrator until told to stop; the exit status for the command."""
     problem = _http_port_problem(settings.host, settings.port)
     if problem:
@@ -119,7 +148,9 @@ def serve(settings: Settings) -> int:
     def on_signal(signum: int, frame: FrameType | None) -> None:
         stop_signal.append(signum)
 
+    reloads: list[int] = []
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, lambda signum, frame: reloads.append(signum))
     asys = None
     session_id = 0
     try:
@@ -130,7 +161,8 @@ def serve(settings: Settings) -> int:
             return 1
         root = root_address(asys)
         request_id = new_request_id()
-        reply = asys.ask(root, Start(request_id, settings), START_TIMEOUT_S)
+        start_env = relevant(os.environ if environ is None else environ)
+        reply = asys.ask(root, Start(request_id, settings, start_env), START_TIMEOUT_S)
         if isinstance(reply, StartFailed):
             log.error("could not start: %s", reply.reason)
             return 1
@@ -147,6 +179,14 @@ def serve(settings: Settings) -> int:
             if isinstance(message, ShutdownRequested):
                 log.info("stopping: %s", message.reason)
                 return 1 if message.request_id == "escalation" else 0
+            if isinstance(message, Reconfigured):
+                log.info("SIGHUP: reloaded %s (%s)", os.environ.get(ENV_FILE), ", ".join(message.changed) or
+                         "nothing changed")
+            elif isinstance(message, Refused):
+                log.error("SIGHUP: the new settings were refused, the running ones kept: %s", message.message)
+            if reloads:
+                reloads.clear()
+                _reload(asys, root)
             if len(stop_signal) >= 2:
                 log.info("stopping now: a second signal (%s)", signal.Signals(stop_signal[-1]).name)
                 return 0
