@@ -58,7 +58,7 @@ from system.retry import RetryBudget
 RETRY_AFTER_UNAVAILABLE_S = 5
 # Work batches: a worker makes its calls one after another, so it gets as many as it finishes in this time
 # (an estimate from the guard's recent call times). Few messages for a fast guard, spread work for a slow one.
-BATCH_TARGET_S = 0.005
+BATCH_TARGET_S = 0.02
 MAX_WORK_BATCH = 32
 EWMA = 0.2
 TICK_S = 0.25
@@ -100,6 +100,7 @@ class GuardSupervisor(AeyonActor):
         self.call_time_s = 0.01
         self.exiting = False
         self.ticking = False
+        self.holding = False  # a wakeup is due for calls held back for busy workers
         self.counters = {"calls": 0, "refused": 0, "retries": 0, "worker_restarts": 0, "trips": 0}
         self._next_batch = 1
         self._early: list[tuple[Any, Any]] = []
@@ -129,7 +130,7 @@ class GuardSupervisor(AeyonActor):
         settings = message.settings
         # One call per worker batch until the guard's call times are known (a slow guard's calls must not queue
         # behind each other in one worker).
-        self.pool = GuardPool(settings.workers_per_guard, settings.queue_per_guard, max_batch=1)
+        self.pool = GuardPool(settings.workers_per_guard, settings.queue_per_guard, max_batch=1, hold_s=BATCH_TARGET_S)
         self.budget = RetryBudget(settings.retry_budget_percent / 100.0, settings.retry_min_concurrency)
         self.intensity = RestartIntensity(settings.restart_max, settings.restart_period_s)
         self.health = HealthState(checks_enabled=not settings.disable_health_checks)
@@ -206,6 +207,10 @@ class GuardSupervisor(AeyonActor):
             worker.flagged = 0
             self._next_batch += 1
             self.send(worker.address, WorkBatch(worker.batch_id, tuple(calls), worker.tokens, attempts))
+        held = self.pool.held()
+        if held is not None and not self.holding and not self.exiting:
+            self.holding = True
+            self.wakeupAfter(held + 0.0005, payload="hold")
         self._gauges()
         self._tick_soon()
 
@@ -227,8 +232,11 @@ class GuardSupervisor(AeyonActor):
         if message.retries:
             metrics.GUARD_RETRIES.labels(self.spec.name).inc(message.retries)
         slow_s = self.policy.breaker.slow_call_duration_s
+        if message.busy_s and message.records:
+            self.call_time_s += EWMA * (message.busy_s / len(message.records) - self.call_time_s)
         for record in message.records:
-            self.call_time_s += EWMA * (record.duration_s - self.call_time_s)
+            if not message.busy_s:
+                self.call_time_s += EWMA * (record.duration_s - self.call_time_s)
             if worker.flagged and record.duration_s >= slow_s:
                 worker.flagged -= 1  # already counted as slow while it was running
                 continue
@@ -250,6 +258,11 @@ class GuardSupervisor(AeyonActor):
             self.wakeupAfter(TICK_S, payload="tick")
 
     def receiveMsg_WakeupMessage(self, message: WakeupMessage, sender: Any) -> None:
+        if message.payload == "hold":
+            self.holding = False
+            if self.pool is not None:
+                self._dispatch()
+            return
         if message.payload != "tick":
             return
         self.ticking = False

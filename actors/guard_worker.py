@@ -19,6 +19,15 @@ from system.guard_client import CallOutcome, GuardClient
 from system.retry import RetryPolicy
 
 
+def runqueue_wait_s() -> float | None:
+    """Seconds this process has spent runnable but waiting for a CPU (Linux schedstat), or None."""
+    try:
+        with open("/proc/self/schedstat", "rb") as stats:
+            return int(stats.read().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 class GuardWorker(AeyonActor):
     """One blocking HTTP call at a time; see the module docstring."""
 
@@ -37,6 +46,7 @@ class GuardWorker(AeyonActor):
         if self._client is None:
             self._client = GuardClient()
         policy = RetryPolicy(max_attempts=batch.max_attempts)
+        started, waited = time.monotonic(), runqueue_wait_s()
         tokens = batch.retry_tokens
         # Keyed by the address's text: Thespian addresses are not hashable.
         replies: dict[str, tuple[Any, list[GuardReplied]]] = {}
@@ -51,7 +61,11 @@ class GuardWorker(AeyonActor):
         self.retries += used
         for entry, answered in replies.values():
             self.send(entry, RepliesBatch(tuple(answered)))
-        self.send(sender, WorkDone(batch.batch_id, tuple(records), used, os.getpid()))
+        waited_now = runqueue_wait_s()
+        busy_s = 0.0
+        if waited is not None and waited_now is not None:
+            busy_s = max(0.0, time.monotonic() - started - (waited_now - waited))
+        self.send(sender, WorkDone(batch.batch_id, tuple(records), used, os.getpid(), busy_s))
 
     def _call(self, call: CallGuard, policy: RetryPolicy, tokens: int,
               records: list[CallRecord]) -> tuple[CallOutcome, int]:

@@ -7,7 +7,9 @@ busy, and the queue's bound turns a flood into ``overloaded`` answers instead of
 
 from __future__ import annotations
 
+import time
 from collections import deque
+from collections.abc import Callable
 from typing import Generic, TypeVar
 
 C = TypeVar("C")
@@ -16,11 +18,17 @@ C = TypeVar("C")
 class GuardPool(Generic[C]):
     """Admission and assignment of calls to at most ``max_workers`` slots; see the module docstring."""
 
-    def __init__(self, max_workers: int, queue_limit: int, max_batch: int = 4):
+    def __init__(self, max_workers: int, queue_limit: int, max_batch: int = 4, hold_s: float = 0.0,
+                 clock: Callable[[], float] = time.monotonic):
         self.max_workers = max_workers
         self.queue_limit = queue_limit
         self.max_batch = max_batch
+        # How long queued calls may wait for a busy worker to come back (and take them all in one batch) before
+        # another worker is used; 0: never wait.
+        self.hold_s = hold_s
+        self._clock = clock
         self._queue: deque[C] = deque()
+        self._since: deque[float] = deque()  # when each queued call arrived
         self._idle: list[int] = []
         self._busy: dict[int, list[C]] = {}
         self._next_slot = 0
@@ -32,6 +40,7 @@ class GuardPool(Generic[C]):
         if len(self._queue) >= self.queue_limit:
             return False
         self._queue.append(call)
+        self._since.append(self._clock())
         return True
 
     def assignments(self) -> list[tuple[int, list[C], bool]]:
@@ -41,9 +50,13 @@ class GuardPool(Generic[C]):
         slot is opened only when no slot is free. ``max_batch`` is the supervisor's to set: as many calls as a
         worker finishes in a few milliseconds, so a fast guard's calls travel in few messages (each message costs
         about as much CPU as a call) and a slow guard's are spread over all the workers.
+
+        While some slot is busy, calls that would not fill a batch wait (up to ``hold_s``) for it to come back
+        rather than going out one by one to other workers: with a fast guard, more workers only add messages.
+        ``held()`` says when the oldest waiting call must go anyway.
         """
         out: list[tuple[int, list[C], bool]] = []
-        while self._queue:
+        while self._queue and not self._holding():
             new = False
             if self._idle:
                 slot = self._idle.pop()
@@ -52,10 +65,23 @@ class GuardPool(Generic[C]):
                 new = True
             else:
                 break
-            calls = [self._queue.popleft() for _ in range(min(self.max_batch, len(self._queue)))]
+            take = min(self.max_batch, len(self._queue))
+            calls = [self._queue.popleft() for _ in range(take)]
+            for _ in range(take):
+                self._since.popleft()
             self._busy[slot] = calls
             out.append((slot, calls, new))
         return out
+
+    def _holding(self) -> bool:
+        return (self.hold_s > 0 and bool(self._busy) and len(self._queue) < self.max_batch
+                and self._clock() - self._since[0] < self.hold_s)
+
+    def held(self) -> float | None:
+        """Seconds until the oldest call held back for a busy worker must be handed out; None if none is held."""
+        if not self._queue or not self._holding():
+            return None
+        return max(0.0, self._since[0] + self.hold_s - self._clock())
 
     def _new_slot(self) -> int:
         if self._closed:
@@ -94,6 +120,7 @@ class GuardPool(Generic[C]):
         """Take every queued call (the guard is going away)."""
         calls = list(self._queue)
         self._queue.clear()
+        self._since.clear()
         return calls
 
     def busy_slots(self) -> set[int]:

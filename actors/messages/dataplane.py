@@ -113,6 +113,9 @@ class WorkDone:
     records: tuple[CallRecord, ...]
     retries: int = 0
     pid: int = 0
+    # The batch's time less what the worker spent waiting for a CPU: the guard's own pace, which sizes batches
+    # (a starved worker's wall times would make a fast guard look slow). 0: not known.
+    busy_s: float = 0.0
 
 
 @attrs.frozen
