@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 from thespian.actors import Actor
 
 from actors.messages.control import ActorDescription, DescribeActor, Relay
+from system import logs
 
 
 class AeyonActor(Actor):
@@ -97,21 +98,6 @@ def _own_process(name: str) -> None:
         libc.prctl(_PR_SET_NAME, name.encode()[:15] + b"\0")
     if parent is not None and os.getppid() != parent.pid:
         os._exit(0)  # the parent died before the signal was armed
-    _level_inherited_loggers()
-
-
-def _level_inherited_loggers() -> None:
-    """Give the loggers this process inherited the level of its logging configuration.
-
-    Modules imported in Thespian's admin process (urllib3 among them, when the admin loads the actor classes)
-    keep loggers that hang from the root the admin installed, and that root forwards every level: urllib3's
-    debug line for each HTTP call would travel, pickled, to the logging process (measured: a message per guard
-    call, about a fifth of a core at 700 requests/s). Those loggers share that one stale root; set its level.
-    """
     import urllib3.connectionpool
 
-    stale: logging.Logger = urllib3.connectionpool.log
-    while stale.parent is not None:
-        stale = stale.parent
-    if stale is not logging.root and stale.level < logging.root.level:
-        stale.setLevel(logging.root.level)
+    logs.level_inherited_loggers(urllib3.connectionpool.log, logging.root)

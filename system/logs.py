@@ -55,3 +55,19 @@ def configure(level: str = "INFO", fmt: str = "text") -> None:
     import logging.config
 
     logging.config.dictConfig(log_defs(level, fmt))
+
+
+def level_inherited_loggers(inherited: logging.Logger, root: logging.Logger) -> None:
+    """Give the loggers this process inherited the level of its logging configuration.
+
+    Modules imported in Thespian's admin process (urllib3 among them, when the admin loads the actor classes)
+    keep loggers that hang from the root the admin installed, and that root forwards every level: urllib3's
+    debug line for each HTTP call would travel, pickled, to the logging process (measured: a message per guard
+    call, about a fifth of a core at 700 requests/s). Those loggers share that one stale root: give it the level
+    of this process's ``root``. ``inherited`` is one of them.
+    """
+    stale = inherited
+    while stale.parent is not None:
+        stale = stale.parent
+    if stale is not root and stale.level < root.level:
+        stale.setLevel(root.level)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -172,6 +173,86 @@ def test_a_reused_free_slot_gets_its_full_share():
     assert [(slot, len(calls), new) for slot, calls, new in pair.assignments()] == [(0, 4, False), (1, 2, True)]
 
 
+# -- holding calls for a busy worker ----------------------------------------------------------------------------
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def held_pool(max_batch: int = 4, hold_s: float = 0.01) -> tuple[GuardPool[int], FakeClock]:
+    clock = FakeClock()
+    return GuardPool(max_workers=3, queue_limit=100, max_batch=max_batch, hold_s=hold_s, clock=clock), clock
+
+
+def test_with_no_worker_busy_a_lone_call_goes_at_once():
+    pool, _ = held_pool()
+    pool.admit(1)
+    assert pool.held() is None
+    assert pool.assignments() == [(0, [1], True)]
+
+
+def test_while_a_worker_is_busy_a_call_short_of_a_batch_waits_for_it():
+    pool, clock = held_pool()
+    pool.admit(1)
+    pool.assignments()
+    pool.admit(2)
+    assert pool.assignments() == []
+    assert pool.held() == pytest.approx(0.01)
+    clock.now += 0.004
+    assert pool.held() == pytest.approx(0.006)
+    # The busy worker comes back first: it takes the waiting call (and any that joined it) in one batch.
+    pool.admit(3)
+    pool.done(0)
+    assert pool.held() is None
+    assert pool.assignments() == [(0, [2, 3], False)]
+
+
+def test_a_held_call_goes_to_another_worker_when_its_wait_is_over():
+    pool, clock = held_pool()
+    pool.admit(1)
+    pool.assignments()
+    pool.admit(2)
+    clock.now += 0.01
+    assert pool.held() is None
+    assert pool.assignments() == [(1, [2], True)]
+
+
+def test_a_full_batch_is_never_held():
+    pool, _ = held_pool(max_batch=2)
+    pool.admit(1)
+    pool.assignments()
+    pool.admit(2)
+    pool.admit(3)
+    assert pool.held() is None
+    assert pool.assignments() == [(1, [2, 3], True)]
+
+
+def test_without_a_hold_calls_spread_at_once():
+    pool, _ = held_pool(hold_s=0.0)
+    pool.admit(1)
+    pool.assignments()
+    pool.admit(2)
+    assert pool.held() is None
+    assert pool.assignments() == [(1, [2], True)]
+
+
+def test_draining_forgets_when_the_held_calls_arrived():
+    pool, clock = held_pool()
+    pool.admit(1)
+    pool.assignments()
+    pool.admit(2)
+    assert pool.drain() == [2]
+    assert pool.held() is None
+    clock.now += 1
+    pool.admit(3)  # a fresh call waits its own full hold, not the drained call's
+    assert pool.held() == pytest.approx(0.01)
+
+
 # -- property: no call is ever lost or duplicated ---------------------------------------------------------------
 
 pool_ops = st.lists(
@@ -192,10 +273,12 @@ pool_ops = st.lists(
     st.integers(min_value=1, max_value=4),
     st.integers(min_value=1, max_value=8),
     st.integers(min_value=1, max_value=5),
+    st.sampled_from([0.0, 0.01]),
     pool_ops,
 )
-def test_every_admitted_call_is_assigned_or_drained_exactly_once(max_workers, queue_limit, max_batch, ops):
-    pool: GuardPool[int] = GuardPool(max_workers, queue_limit, max_batch)
+def test_every_admitted_call_is_assigned_or_drained_exactly_once(max_workers, queue_limit, max_batch, hold_s, ops):
+    clock = FakeClock()
+    pool: GuardPool[int] = GuardPool(max_workers, queue_limit, max_batch, hold_s=hold_s, clock=clock)
     next_call = 0
     admitted: list[int] = []
     placed: list[int] = []  # every call in an assignment or a drain, in the order handed out
@@ -217,6 +300,7 @@ def test_every_admitted_call_is_assigned_or_drained_exactly_once(max_workers, qu
                     admitted.append(next_call)
                 next_call += 1
         elif op[0] == "assign":
+            clock.now += 0.004  # held calls go out after a few assignment rounds
             assign()
         elif op[0] == "done":
             if held:  # only a busy slot's worker reports done

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 
-from system.logs import JsonFormatter, log_defs
+from system.logs import JsonFormatter, level_inherited_loggers, log_defs
 
 
 def _record(**extra: object) -> logging.LogRecord:
@@ -35,3 +35,40 @@ def test_the_level_is_enforced_on_the_handler_too() -> None:
     defs = log_defs("WARNING", "json")
     assert defs["handlers"]["stderr"]["level"] == "WARNING"
     assert defs["formatters"]["main"] == {"()": "system.logs.JsonFormatter"}
+
+
+# -- loggers an actor process inherits from Thespian's admin ---------------------------------------------------
+
+
+def _stale_tree() -> tuple[logging.Logger, logging.Logger]:
+    """A library logger under a root that forwards every level (as Thespian's admin installs it)."""
+    stale_root = logging.Logger("root", logging.NOTSET)
+    library = logging.Logger("urllib3.connectionpool")
+    middle = logging.Logger("urllib3")
+    library.parent, middle.parent = middle, stale_root
+    return library, stale_root
+
+
+def test_inherited_loggers_get_the_level_of_the_process_configuration():
+    library, stale_root = _stale_tree()
+    assert library.isEnabledFor(logging.DEBUG)
+    level_inherited_loggers(library, logging.Logger("root", logging.WARNING))
+    assert stale_root.level == logging.WARNING
+    assert not library.isEnabledFor(logging.INFO)
+    assert library.isEnabledFor(logging.WARNING)
+
+
+def test_a_stricter_inherited_level_is_kept():
+    library, stale_root = _stale_tree()
+    stale_root.setLevel(logging.ERROR)
+    level_inherited_loggers(library, logging.Logger("root", logging.INFO))
+    assert stale_root.level == logging.ERROR
+
+
+def test_loggers_under_the_process_root_are_left_alone():
+    root = logging.Logger("root", logging.WARNING)
+    library = logging.Logger("urllib3")
+    library.parent = root
+    level_inherited_loggers(library, root)
+    assert root.level == logging.WARNING
+    assert library.level == logging.NOTSET
