@@ -59,6 +59,8 @@ RETRY_AFTER_UNAVAILABLE_S = 5
 # Work batches: a worker makes its calls one after another, so it gets as many as it finishes in this time
 # (an estimate from the guard's recent call times). Few messages for a fast guard, spread work for a slow one.
 BATCH_TARGET_S = 0.02
+# How long calls short of a batch wait for a busy worker before another worker takes them.
+HOLD_S = 0.005
 MAX_WORK_BATCH = 32
 EWMA = 0.2
 TICK_S = 0.25
@@ -130,7 +132,7 @@ class GuardSupervisor(AeyonActor):
         settings = message.settings
         # One call per worker batch until the guard's call times are known (a slow guard's calls must not queue
         # behind each other in one worker).
-        self.pool = GuardPool(settings.workers_per_guard, settings.queue_per_guard, max_batch=1, hold_s=BATCH_TARGET_S)
+        self.pool = GuardPool(settings.workers_per_guard, settings.queue_per_guard, max_batch=1, hold_s=HOLD_S)
         self.budget = RetryBudget(settings.retry_budget_percent / 100.0, settings.retry_min_concurrency)
         self.intensity = RestartIntensity(settings.restart_max, settings.restart_period_s)
         self.health = HealthState(checks_enabled=not settings.disable_health_checks)

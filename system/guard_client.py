@@ -1,19 +1,24 @@
-"""The one boundary to the guards over HTTP: owns the ``requests.Session`` and turns every way a call can end
-into one of the contract's outcomes. Nothing else in the project calls ``requests``.
+"""The one boundary to the guards over HTTP: turns every way a call or a health check can end into one of the
+contract's outcomes. Calls go over ``system.guard_http``'s keep-alive connections (the hot path); health checks
+over a ``requests.Session``. Nothing else in the project calls guards.
 """
 
 from __future__ import annotations
 
+import http.client
 import json
+import socket
+import ssl
 import time
 from collections.abc import Callable
 
 import attrs
 import requests
 
+from system.guard_http import GuardConnections, Late, TooLarge
+
 MAX_RESPONSE_BYTES = 10 * 1024 * 1024
 DEFAULT_CONNECT_TIMEOUT_S = 5.0
-_CHUNK = 64 * 1024
 
 HEALTHY = "HEALTHY"
 DEGRADED = "DEGRADED"
@@ -42,14 +47,6 @@ class HealthOutcome:
     message: str
 
 
-class _TooLarge(Exception):
-    pass
-
-
-class _Late(Exception):
-    pass
-
-
 class GuardClient:
     """Makes guard calls and health checks; one per worker process (a Session is not shared across processes)."""
 
@@ -62,66 +59,29 @@ class GuardClient:
         wallclock: Callable[[], float] = time.time,
     ):
         self._session = session or _new_session()
-        self._templates: dict[str, requests.PreparedRequest] = {}
+        self._connections = GuardConnections(connect_timeout_s=connect_timeout_s,
+                                             max_response_bytes=max_response_bytes, wallclock=wallclock)
         self._connect_timeout_s = connect_timeout_s
         self._max_response_bytes = max_response_bytes
         self._now = wallclock
 
     def call(self, endpoint: str, body: bytes, request_id: str, expires_at: float) -> CallOutcome:
         """POST ``body`` (JSON) to ``endpoint``; give up at ``expires_at`` (wall clock)."""
-        remaining = expires_at - self._now()
-        if remaining <= 0:
+        if expires_at - self._now() <= 0:
             return CallOutcome("upstream_timeout", message="the request's timeout passed before the guard was called")
         try:
-            response = self._send(endpoint, body, request_id, (min(self._connect_timeout_s, remaining), remaining))
-            try:
-                content = self._read(response, expires_at)
-            finally:
-                response.close()
-        except (requests.Timeout, _Late):
+            status, content = self._connections.post(endpoint, body, request_id, expires_at)
+        except (TimeoutError, Late):
             return CallOutcome("upstream_timeout", message="the guard did not answer within the request's timeout")
-        except _TooLarge:
+        except TooLarge:
             return CallOutcome("upstream_error", message=f"the guard's answer exceeds {self._max_response_bytes} bytes")
-        except requests.ConnectionError as exc:
+        except OSError as exc:
             if self._now() >= expires_at:
                 return CallOutcome("upstream_timeout", message="the guard did not answer within the request's timeout")
-            return CallOutcome("upstream_error", message=_connection_problem(exc), connection_failed=True)
-        except requests.RequestException as exc:
+            return CallOutcome("upstream_error", message=_socket_problem(exc), connection_failed=True)
+        except (http.client.HTTPException, ValueError) as exc:
             return CallOutcome("upstream_error", message=f"the call failed: {type(exc).__name__}")
-        return _classify(response.status_code, content)
-
-    def _send(self, endpoint: str, body: bytes, request_id: str, timeout: tuple[float, float]) -> requests.Response:
-        # The cheap way through requests: a request prepared once per endpoint, copied and sent straight to the
-        # session's adapter. Session.post would merge settings, run hooks and process cookies on every call
-        # (about 40 % more CPU, measured in README.rst), none of which a guard call uses: no cookies, no
-        # redirects (a guard that redirects is misconfigured), no proxies.
-        template = self._templates.get(endpoint)
-        if template is None:
-            template = requests.Request("POST", endpoint, headers={
-                "Content-Type": "application/json", "Accept": "application/json"}).prepare()
-            self._templates[endpoint] = template
-        prepared = template.copy()
-        prepared.headers["X-Request-ID"] = request_id
-        prepared.prepare_body(body, None)
-        adapter = self._session.get_adapter(endpoint)
-        return adapter.send(prepared, stream=True, timeout=timeout, verify=True, cert=None, proxies={})
-
-    def _read(self, response: requests.Response, expires_at: float) -> bytes:
-        # The read timeout bounds each socket read, not the whole answer; a guard that trickles bytes must not
-        # hold a worker past the request's deadline, so the deadline is checked between chunks.
-        declared = response.headers.get("Content-Length")
-        if declared and declared.isdigit() and int(declared) > self._max_response_bytes:
-            raise _TooLarge
-        chunks = []
-        size = 0
-        for chunk in response.iter_content(_CHUNK):
-            size += len(chunk)
-            if size > self._max_response_bytes:
-                raise _TooLarge
-            chunks.append(chunk)
-            if self._now() > expires_at:
-                raise _Late
-        return b"".join(chunks)
+        return _classify(status, content)
 
     def check_health(self, url: str, timeout_s: float) -> HealthOutcome:
         """GET ``url`` (a guard's /health): 2xx is HEALTHY, or DEGRADED when it says so; anything else UNHEALTHY."""
@@ -145,7 +105,8 @@ class GuardClient:
         return HealthOutcome(HEALTHY, response.status_code, "ok")
 
     def close(self) -> None:
-        """Close the pooled connections."""
+        """Close the open connections."""
+        self._connections.close()
         self._session.close()
 
 
@@ -183,6 +144,18 @@ def _as_json_detail(content: bytes) -> bytes:
         return content
     except ValueError:
         return json.dumps(content[:1024].decode("utf-8", "replace")).encode()
+
+
+def _socket_problem(exc: OSError) -> str:
+    if isinstance(exc, ConnectionRefusedError):
+        return "the guard refused the connection"
+    if isinstance(exc, ConnectionError):  # reset, aborted, broken pipe, closed without an answer
+        return "the guard reset or closed the connection"
+    if isinstance(exc, socket.gaierror):
+        return "the guard's host name does not resolve"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS with the guard failed: {exc.reason or exc}"
+    return "could not reach the guard"
 
 
 def _connection_problem(exc: requests.ConnectionError) -> str:
