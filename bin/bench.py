@@ -1,5 +1,7 @@
 """Benchmark of the HTTP shim in front of a fast local guard, next to the same load sent straight to the guard;
-then the same load while another guard hangs (isolation), and the answers while a guard's breaker is open (fail-fast).
+then the same load while another guard hangs (isolation), and the answers while a guard's breaker is open (fail-fast);
+open-loop latency at fixed rates, the Python gateway, memory (idle, and its growth over a soak) and the time to
+start, each figure next to the goal it serves (issue 6), all measured in one run.
 
 Run it as ``bin/bench`` (which prepares the project's virtual environment first). It
 
@@ -11,37 +13,55 @@ Run it as ``bin/bench`` (which prepares the project's virtual environment first)
    the orchestrator's; the other (biasguard) answers ``GET /health`` 200 and everything else 500;
 3. starts a hung guard in a thread of its own (stdlib ``selectors``): it answers ``GET /health`` 200 healthy and
    reads every other request without ever answering it;
-4. starts ``aeyon serve`` with a clean environment routing ``tokenguard`` to the fast nginx, ``trustguard`` to the
+4. memory and start-up: starts ``aeyon serve`` with all six guards routed to the fast nginx, times it from spawning
+   to the first 200 from ``GET /ready``, lets it idle for IDLE_S seconds, sums the PSS (``/proc/PID/smaps_rollup``)
+   of all its processes, and stops it;
+5. starts ``aeyon serve`` with a clean environment routing ``tokenguard`` to the fast nginx, ``trustguard`` to the
    hung guard and ``biasguard`` to the failing nginx (``AEYON_BREAKER_OPEN=5``), on free ports, and waits for
-   ``GET /ready``;
-5. runs wrk with keep-alive connections POSTing JSON for a fixed time, after a short unreported warm-up: first
+   ``GET /ready`` (timed too);
+6. runs wrk with keep-alive connections POSTing JSON for a fixed time, after a short unreported warm-up: first
    straight to nginx (``POST /scan``), then through the shim (``POST /v1/orchestrate``), sampling the CPU time of
    the server's processes before and after each run;
-6. isolation: through the shim to tokenguard again (baseline), then the same while a second wrk (its own process,
+7. open loop (``bin/openloop.py``: requests sent on a fixed schedule over at most OPEN_CONNECTIONS keep-alive
+   connections, each request's latency measured from its scheduled time): ``--rate-low`` (100) requests/s straight
+   to nginx and through the shim, whose p50s give the latency the shim adds, and ``--rate-high`` (1,000) through
+   the shim, each for ``--open-duration`` seconds after an unreported warm-up at its rate;
+8. the Python gateway: a separate process (``bin/gateway_load.py``) joins the actor system and calls
+   ``Gateway.orchestrate("tokenguard", ...)`` from GATEWAY_THREADS threads, one call after the other, for
+   ``--duration`` seconds;
+9. isolation: through the shim to tokenguard again (baseline), then the same while a second wrk (its own process,
    16 connections, ``"timeout": 2``) calls trustguard; that load starts before the measured run (at least 1 s
    before, and not before the hung guard has received a call) and is stopped (SIGINT) after it. It reports the
    tokenguard figures, their ratio to the baseline, and what the hung guard's callers got (by status and error
    code, counted in wrk's Lua ``response`` callback);
-7. fail-fast: trips biasguard's breaker with sequential requests until one is answered ``circuit_open`` (at most 50),
-   then runs wrk (8 connections, no warm-up) through the shim to biasguard and reports p50/p99 and the answers by
-   status and error code: 503 ``circuit_open`` is the expected answer, 502 from a failing half-open probe too;
-8. prints requests/s, p50 and p99 latency, errors and CPU milliseconds per request of every run as a table on
-   stdout, with notes for the isolation and fail-fast rows (and everything as JSON with ``--json PATH``);
-9. always stops the second wrk, the orchestrator (``aeyon stop``, then kills any process still carrying this run's
+10. fail-fast: trips biasguard's breaker with sequential requests until one is answered ``circuit_open`` (at most
+    50), then runs wrk (8 connections, no warm-up) through the shim to biasguard and reports p50/p99 and the answers
+    by status and error code: 503 ``circuit_open`` is the expected answer, 502 from a failing half-open probe too;
+    then (the breaker tripped again if it closed meanwhile) the same with ``--rate-high`` requests/s, open loop;
+11. the soak: open loop through the shim at half the req/s of the wrk run through the shim, for SOAK_WARMUP_S
+    seconds (a warm-up), then for ``--soak`` seconds; the PSS of the orchestrator's processes after the warm-up
+    and at the end gives the memory growth;
+12. prints requests/s, p50 and p99 latency, errors and CPU milliseconds per request of every wrk run as a table on
+    stdout, with notes for the isolation and fail-fast rows, then the open-loop runs, the gateway, memory and
+    start-up figures, and the goals table: each figure of issue 6 with its goal and "met" or "MISSED" (and
+    everything as JSON with ``--json PATH``);
+13. always stops the second wrk, the orchestrator (``aeyon stop``, then kills any process still carrying this run's
    tag), the hung guard's thread and nginx, and removes its temporary directory, also on Ctrl-C, SIGTERM or an
    error.
 
-Errors are non-2xx answers plus socket errors, except where an answer is the expected one: in the fail-fast run 502
+Errors are non-2xx answers plus socket errors, except where an answer is the expected one: in the fail-fast runs 502
 and 503 are not errors, and for the hung guard's callers 503 and 504 are not (their figures are not a table row,
 but an unexpected status or a socket error there counts like an error in a row). Every run through the shim counts
-its answers by status and error code, and a run with errors lists them.
+its answers by status and error code, and a run with errors lists them. In an open-loop run, a request still
+unanswered OPEN_DRAIN_S seconds after the last scheduled send is an error too, as is a gateway call that did not
+succeed.
 
 The rate limit (SECURITY_MAX_REQUESTS_PER_MINUTE) is set to its maximum: every wrk connection comes from the same
 loopback address, and the point is to measure the request path, not to watch the limiter refuse.
 
 Exit status: 0 when every run completed requests without errors; 1 when a run had errors or something failed (the
 table is printed first when there is one); 2 when a tool is missing and cannot be installed; 130 when interrupted.
-This prints figures; it asserts no thresholds.
+This prints figures; it asserts no thresholds: a goal it reports MISSED does not change the exit status.
 """
 
 from __future__ import annotations
@@ -74,9 +94,15 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, TypeVar
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import openloop  # noqa: E402 - bin/openloop.py, next to this file (on the path when run as a script)
+
+from system.routing import SERVICE_TYPES  # noqa: E402 - after the path is set
 
 DEFAULT_DURATION_S = 10
 DEFAULT_CONNECTIONS = 64
@@ -84,6 +110,12 @@ DEFAULT_THREADS = 1
 DEFAULT_WARMUP_S = 2
 SMOKE_DURATION_S = 2
 SMOKE_CONNECTIONS = 8
+DEFAULT_OPEN_DURATION_S = 10
+SMOKE_OPEN_DURATION_S = 2
+DEFAULT_RATE_LOW = 100  # requests/s offered for the added latency (issue 6)
+DEFAULT_RATE_HIGH = 1000  # requests/s offered for the p99 (issue 6)
+DEFAULT_SOAK_S = 600  # the memory growth soak (issue 6: a 10-minute run)
+SMOKE_SOAK_S = 5
 
 START_TIMEOUT_S = 30.0  # aeyon serve: until GET /ready answers 200
 STOP_TIMEOUT_S = 30.0  # aeyon stop, then the serve process's exit
@@ -108,6 +140,15 @@ BREAKER_OPEN_S = "5"  # AEYON_BREAKER_OPEN: the first open period
 FAIL_CONNECTIONS = 8
 TRIP_MAX_TRIES = 50
 FAIL_EXPECTED = (502, 503)  # circuit_open, and upstream_error from a half-open probe that fails
+# Open loop (bin/openloop.py), the gateway, memory and start-up.
+OPEN_CONNECTIONS = 64  # the open-loop pool's size (connections open as needed)
+OPEN_DRAIN_S = 5.0  # how long an open-loop run waits for answers after its last scheduled send
+GATEWAY_THREADS = 16
+GATEWAY_GRACE_S = 60.0  # how long the gateway's process may overrun its duration before it is killed
+IDLE_S = 3.0  # the six-guard orchestrator idles this long after it is ready before its memory is read
+SOAK_WARMUP_S = 10  # the soak's unreported start, after which its first memory figure is read ...
+SMOKE_SOAK_WARMUP_S = 1  # ... with --smoke
+READY_POLL_S = 0.02  # how often GET /ready is tried while an orchestrator starts
 
 TAG_VAR = "AEYON_BENCH_TAG"
 MAX_RATE_LIMIT = "10000000"  # SECURITY_MAX_REQUESTS_PER_MINUTE's largest accepted value
@@ -209,6 +250,7 @@ WRK_NON_2XX = re.compile(r"^\s*Non-2xx or 3xx responses:\s+(\d+)", re.MULTILINE)
 WRK_SOCKET = re.compile(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)")
 WRK_PERCENTILE = r"^\s*{}(?:\.0+)?%\s+([\d.]+)(us|ms|s|m|h)\s*$"
 WRK_STATUS = re.compile(r"^bench-status (\d{3}(?: \w+)?) (\d+)$", re.MULTILINE)
+PSS_LINE = re.compile(r"^Pss:\s+(\d+) kB$", re.MULTILINE)
 HTTP_CONTENT_LENGTH = re.compile(rb"^content-length:[ \t]*(\d+)[ \t]*$", re.IGNORECASE | re.MULTILINE)
 
 
@@ -235,14 +277,26 @@ class Settings:
     json_path: Path | None
     compare_entry: bool = False
     faults: bool = True  # the isolation and fail-fast measurements
+    open_duration_s: int = DEFAULT_OPEN_DURATION_S
+    rate_low: int = DEFAULT_RATE_LOW
+    rate_high: int = DEFAULT_RATE_HIGH
+    soak_s: int = DEFAULT_SOAK_S  # 0: no soak
+
+    @property
+    def soak_warmup_s(self) -> int:
+        """The soak's unreported start."""
+        return SMOKE_SOAK_WARMUP_S if self.smoke else SOAK_WARMUP_S
 
     def command(self) -> str:
         """The command line that reproduces these settings."""
         if self.smoke:
             return (f"bin/bench --smoke{'' if self.faults else ' --no-faults'} (duration {self.duration_s} s, "
                     f"{self.connections} connections, {self.threads} thread{'s' if self.threads != 1 else ''}, "
-                    f"{'no warm-up' if not self.warmup_s else f'warm-up {self.warmup_s} s'})")
-        line = f"bin/bench --duration {self.duration_s} --connections {self.connections} --threads {self.threads}"
+                    f"{'no warm-up' if not self.warmup_s else f'warm-up {self.warmup_s} s'}; open loop "
+                    f"{self.open_duration_s} s at {self.rate_low} and {self.rate_high} req/s; soak {self.soak_s} s)")
+        line = (f"bin/bench --duration {self.duration_s} --connections {self.connections} --threads {self.threads} "
+                f"--open-duration {self.open_duration_s} --rate-low {self.rate_low} --rate-high {self.rate_high} "
+                f"--soak {self.soak_s}")
         if self.warmup_s != DEFAULT_WARMUP_S:
             line += f" --warmup {self.warmup_s}"
         if self.compare_entry:
@@ -263,7 +317,12 @@ def parse_args(argv: Sequence[str] | None) -> Settings:
                     "hung (a bench-made server that never answers, called by a second wrk with "
                     f"{HUNG_CONNECTIONS} connections and a {HUNG_TIMEOUT_S} s timeout); and fail-fast, p50/p99 "
                     f"of a guard whose circuit breaker is open ({FAIL_CONNECTIONS} connections, "
-                    f"AEYON_BREAKER_OPEN={BREAKER_OPEN_S}), where 503 circuit_open is the expected answer.")
+                    f"AEYON_BREAKER_OPEN={BREAKER_OPEN_S}), where 503 circuit_open is the expected answer. Open "
+                    "loop (requests on a fixed schedule, latency from the scheduled time): the latency the shim "
+                    "adds at --rate-low, its p99 at --rate-high, and the p99 while the breaker is open. The Python "
+                    f"gateway from {GATEWAY_THREADS} threads; the memory of an idle orchestrator with six guards, "
+                    "its time to start, and the memory growth over a soak. Last, each figure of issue 6 next to "
+                    "its goal.")
     parser.add_argument("--duration", type=_positive_int, metavar="S",
                         help=f"seconds per measured run (default {DEFAULT_DURATION_S}; --smoke: {SMOKE_DURATION_S})")
     parser.add_argument("--connections", type=_positive_int, metavar="N",
@@ -271,10 +330,23 @@ def parse_args(argv: Sequence[str] | None) -> Settings:
     parser.add_argument("--threads", type=_positive_int, metavar="N",
                         help=f"wrk threads (default {DEFAULT_THREADS}, to leave the server its cores)")
     parser.add_argument("--warmup", type=_non_negative_int, metavar="S",
-                        help=f"unreported warm-up seconds before each run (default {DEFAULT_WARMUP_S}; --smoke: 0)")
+                        help=f"unreported warm-up seconds before each run, wrk or open loop, at its load (default "
+                             f"{DEFAULT_WARMUP_S}; --smoke: 0)")
+    parser.add_argument("--open-duration", type=_positive_int, metavar="S",
+                        help=f"seconds per open-loop run (default {DEFAULT_OPEN_DURATION_S}; --smoke: "
+                             f"{SMOKE_OPEN_DURATION_S})")
+    parser.add_argument("--rate-low", type=_positive_int, metavar="R",
+                        help=f"requests/s offered for the added latency, open loop (default {DEFAULT_RATE_LOW})")
+    parser.add_argument("--rate-high", type=_positive_int, metavar="R",
+                        help=f"requests/s offered for the p99 and the breaker-open p99, open loop (default "
+                             f"{DEFAULT_RATE_HIGH})")
+    parser.add_argument("--soak", type=_non_negative_int, metavar="S",
+                        help=f"seconds of the memory soak at half the shim's req/s, after a {SOAK_WARMUP_S} s "
+                             f"warm-up (default {DEFAULT_SOAK_S}; --smoke: {SMOKE_SOAK_S} after "
+                             f"{SMOKE_SOAK_WARMUP_S} s; 0: no soak)")
     parser.add_argument("--smoke", action="store_true",
                         help=f"quick run for the test suite: {SMOKE_DURATION_S} s, {SMOKE_CONNECTIONS} connections, "
-                             "no warm-up")
+                             f"no warm-up, {SMOKE_OPEN_DURATION_S} s open-loop runs, a {SMOKE_SOAK_S} s soak")
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the figures as JSON to PATH")
     parser.add_argument("--compare-entry", action="store_true",
                         help="also measure the alternative HTTP entry (bin/threaded_entry.py: a threaded stdlib "
@@ -291,6 +363,10 @@ def parse_args(argv: Sequence[str] | None) -> Settings:
         json_path=args.json,
         compare_entry=args.compare_entry,
         faults=args.faults,
+        open_duration_s=_first(args.open_duration, SMOKE_OPEN_DURATION_S if args.smoke else DEFAULT_OPEN_DURATION_S),
+        rate_low=_first(args.rate_low, DEFAULT_RATE_LOW),
+        rate_high=_first(args.rate_high, DEFAULT_RATE_HIGH),
+        soak_s=_first(args.soak, SMOKE_SOAK_S if args.smoke else DEFAULT_SOAK_S),
     )
     if settings.connections < settings.threads:
         parser.error("--connections must be at least --threads (each wrk thread needs a connection)")
@@ -755,6 +831,7 @@ class Orchestrator:
     tag: str
     env: dict[str, str]
     log_path: Path
+    ready_s: float = 0.0  # from spawning ``aeyon serve`` to the first 200 from GET /ready
 
     def pids(self) -> list[int]:
         """Every process of this orchestrator (serve, Thespian's admin and logger, the actors)."""
@@ -777,10 +854,10 @@ def clean_env(overrides: Mapping[str, str]) -> dict[str, str]:
 
 @contextlib.contextmanager
 def orchestrator_running(guard_urls: Mapping[str, str], workdir: Path, problems: list[str],
-                         settings: Mapping[str, str] | None = None) -> Iterator[Orchestrator]:
+                         settings: Mapping[str, str] | None = None, name: str = "serve") -> Iterator[Orchestrator]:
     """Start ``aeyon serve`` routing each ``NAME_URL`` of ``guard_urls`` to its guard, with the environment
-    ``settings`` added, wait for ``GET /ready``, and always stop it; what goes wrong while stopping is appended to
-    ``problems``."""
+    ``settings`` added, wait for ``GET /ready`` (timing it), and always stop it; what goes wrong while stopping is
+    appended to ``problems``. Its log is ``name``.log in ``workdir``."""
     http_port, admin_port, tag = free_port(), free_port(), uuid.uuid4().hex
     env = clean_env({
         **guard_urls,
@@ -791,13 +868,16 @@ def orchestrator_running(guard_urls: Mapping[str, str], workdir: Path, problems:
         "SECURITY_MAX_REQUESTS_PER_MINUTE": MAX_RATE_LIMIT,
         TAG_VAR: tag,
     })
-    log_path = workdir / "serve.log"
+    log_path = workdir / f"{name}.log"
+    spawned = time.monotonic()
     process = spawn([sys.executable, "-m", "system.cli", "serve"], env=env, log_path=log_path)
     orch = Orchestrator(process, http_port, admin_port, tag, env, log_path)
     try:
-        if not wait_for(lambda: _answers(process, http_port, "/ready", "aeyon serve", log_path), START_TIMEOUT_S):
+        if not wait_for(lambda: _answers(process, http_port, "/ready", "aeyon serve", log_path), START_TIMEOUT_S,
+                        READY_POLL_S):
             raise BenchError(f"bench: aeyon serve was not ready within {START_TIMEOUT_S:g} s; its log:\n"
                              f"{log_tail(log_path)}")
+        orch.ready_s = round(time.monotonic() - spawned, 3)
         yield orch
     finally:
         with signals_deferred():
@@ -897,7 +977,7 @@ class RunResult:
     @property
     def expected(self) -> int:
         """Answers with one of the expected non-2xx statuses."""
-        return sum(count for key, count in self.statuses.items() if int(key.split()[0]) in self.expected_statuses)
+        return _expected(self.statuses, self.expected_statuses)
 
     @property
     def errors(self) -> int:
@@ -922,6 +1002,11 @@ class RunResult:
         """The figures as a JSON object."""
         return {**asdict(self), "errors": self.errors, "expected": self.expected,
                 "cpu_ms_per_request": _rounded(self.cpu_ms_per_request)}
+
+
+def _expected(statuses: Mapping[str, int], expected_statuses: tuple[int, ...]) -> int:
+    """The answers counted in ``statuses`` ("STATUS" or "STATUS CODE") with one of ``expected_statuses``."""
+    return sum(count for key, count in statuses.items() if int(key.split()[0]) in expected_statuses)
 
 
 def _rounded(value: float | None, digits: int = 4) -> float | None:
@@ -1093,6 +1178,246 @@ def _error_code(raw: bytes) -> str | None:
     return code if isinstance(code, str) else None
 
 
+# -------------------------------------------------------------------------------------------------------- open loop
+
+
+@dataclass
+class OpenRun:
+    """One open-loop run (bin/openloop.py), with the server's CPU time over it."""
+
+    name: str
+    label: str
+    result: openloop.OpenLoopResult
+    cpu_s: float | None = None
+    cpu_of: str = ""
+    expected_statuses: tuple[int, ...] = ()  # non-2xx statuses that are the expected answer, not errors
+
+    @property
+    def expected(self) -> int:
+        """Answers with one of the expected non-2xx statuses."""
+        return _expected(self.result.statuses, self.expected_statuses)
+
+    @property
+    def errors(self) -> int:
+        """Non-2xx answers other than the expected ones, requests that failed (connect, connection closed,
+        unreadable answer) and requests still unanswered at the end."""
+        non_2xx = sum(count for key, count in self.result.statuses.items() if not key.startswith("2"))
+        return non_2xx - self.expected + sum(self.result.failures.values()) + self.result.unanswered
+
+    @property
+    def cpu_ms_per_request(self) -> float | None:
+        """Server CPU milliseconds per answered request."""
+        if self.cpu_s is None or not self.result.answered:
+            return None
+        return self.cpu_s * 1000.0 / self.result.answered
+
+    @property
+    def generator_cpu_share(self) -> float:
+        """The load generator's CPU time over the run's time: the share of one core it took."""
+        return self.result.cpu_s / max(self.result.elapsed_s, self.result.duration_s)
+
+    def answers(self) -> str:
+        """The answers by status and error code, most first, then the failures: "200 980, unanswered 20"."""
+        counted = [*self.result.statuses.items(), *self.result.failures.items(), ("unanswered", self.result.unanswered)]
+        ranked = sorted(((key, count) for key, count in counted if count), key=lambda item: (-item[1], item[0]))
+        return ", ".join(f"{key} {count}" for key, count in ranked) or "none"
+
+    def as_json(self) -> dict[str, Any]:
+        """The figures as a JSON object."""
+        return {"name": self.name, "label": self.label, **self.result.as_json(), "errors": self.errors,
+                "expected": self.expected, "expected_statuses": list(self.expected_statuses), "cpu_s": self.cpu_s,
+                "cpu_of": self.cpu_of, "cpu_ms_per_request": _rounded(self.cpu_ms_per_request),
+                "generator_cpu_share": _rounded(self.generator_cpu_share)}
+
+
+def measure_open_loop(name: str, label: str, port: int, path: str, body: str, rate: int, duration_s: int,
+                      server_pids: Callable[[], list[int]], cpu_of: str, *, warmup_s: int = 0,
+                      expected_statuses: tuple[int, ...] = ()) -> OpenRun:
+    """``rate`` requests/s POSTing ``body`` to ``path`` for ``duration_s`` seconds, open loop, sampling the
+    server's CPU time around it; after ``warmup_s`` seconds of the same, unreported."""
+    target = openloop.Target("127.0.0.1", port, path, body)
+    if warmup_s:
+        print(f"bench: {label}: warm-up {warmup_s} s ...", file=sys.stderr)
+        openloop.run(target, rate, warmup_s, OPEN_CONNECTIONS, OPEN_DRAIN_S)
+    print(f"bench: {label}: open loop, {rate} req/s for {duration_s} s ...", file=sys.stderr)
+    before = cpu_seconds(server_pids())
+    result = openloop.run(target, rate, duration_s, OPEN_CONNECTIONS, OPEN_DRAIN_S)
+    after = cpu_seconds(server_pids())
+    return OpenRun(name, label, result, round(after - before, 3), cpu_of, expected_statuses)
+
+
+def measure_latencies(settings: Settings, guard: Guard, orch: Orchestrator) -> list[OpenRun]:
+    """Open loop at the low rate straight to nginx and through the shim, then at the high rate through the shim,
+    each after the settings' warm-up (the orchestrator starts guard workers on demand and lets idle ones go)."""
+    return [
+        measure_open_loop("open-direct", f"direct to guard, {settings.rate_low}/s", guard.port, DIRECT_PATH,
+                          DIRECT_BODY, settings.rate_low, settings.open_duration_s, guard.pids, "nginx",
+                          warmup_s=settings.warmup_s),
+        measure_open_loop("open-shim", f"through the shim, {settings.rate_low}/s", orch.http_port, SHIM_PATH,
+                          SHIM_BODY, settings.rate_low, settings.open_duration_s, orch.pids, SHIM_CPU_OF,
+                          warmup_s=settings.warmup_s),
+        measure_open_loop("open-shim-high", f"through the shim, {settings.rate_high}/s", orch.http_port, SHIM_PATH,
+                          SHIM_BODY, settings.rate_high, settings.open_duration_s, orch.pids, SHIM_CPU_OF,
+                          warmup_s=settings.warmup_s),
+    ]
+
+
+# ---------------------------------------------------------------------------------------------- the Python gateway
+
+
+@dataclass
+class GatewayRun:
+    """Calls through the Python gateway from GATEWAY_THREADS threads (bin/gateway_load.py, a process of its own),
+    with the orchestrator's CPU time over them."""
+
+    threads: int
+    requests: int
+    ok: int
+    statuses: dict[str, int]  # "success", "error CODE" or "exception NAME"
+    elapsed_s: float
+    requests_per_s: float
+    p50_ms: float | None
+    p99_ms: float | None
+    max_ms: float | None
+    client_cpu_s: float  # the gateway process's CPU time over the calls
+    cpu_s: float | None = None  # the orchestrator's, from the gateway process's start to its end
+
+    @property
+    def errors(self) -> int:
+        """Calls that did not succeed."""
+        return self.requests - self.ok
+
+    @property
+    def cpu_ms_per_request(self) -> float | None:
+        """Orchestrator CPU milliseconds per call."""
+        if self.cpu_s is None or not self.requests:
+            return None
+        return self.cpu_s * 1000.0 / self.requests
+
+    def as_json(self) -> dict[str, Any]:
+        """The figures as a JSON object."""
+        return {**asdict(self), "errors": self.errors, "cpu_ms_per_request": _rounded(self.cpu_ms_per_request)}
+
+
+def measure_gateway(settings: Settings, orch: Orchestrator, workdir: Path) -> GatewayRun:
+    """Run bin/gateway_load.py against the orchestrator for ``settings.duration_s`` seconds; its figures. The
+    process does not carry the orchestrator's tag: its CPU time is the client's, not the server's."""
+    out, log_path = workdir / "gateway.json", workdir / "gateway.log"
+    command = [sys.executable, str(ROOT / "bin" / "gateway_load.py"), "--admin-port", str(orch.admin_port),
+               "--out", str(out), "--threads", str(GATEWAY_THREADS), "--duration", str(settings.duration_s),
+               "--service", "tokenguard", "--payload", json.dumps(json.loads(SHIM_BODY)["payload"])]
+    env = {name: value for name, value in orch.env.items() if name != TAG_VAR}
+    print(f"bench: Python gateway: {GATEWAY_THREADS} threads, {settings.duration_s} s ...", file=sys.stderr)
+    before = cpu_seconds(orch.pids())
+    process = spawn(command, env=env, log_path=log_path)
+    try:
+        code = process.wait(settings.duration_s + GATEWAY_GRACE_S)
+    except subprocess.TimeoutExpired:
+        raise BenchError(f"bench: the gateway's load did not finish within {settings.duration_s + GATEWAY_GRACE_S:g}"
+                         f" s: {shlex.join(command)}\n{log_tail(log_path)}") from None
+    finally:
+        with signals_deferred():
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    after = cpu_seconds(orch.pids())
+    if code != 0 or not out.exists():
+        raise BenchError(f"bench: the gateway's load exited with {code}: {shlex.join(command)}\n{log_tail(log_path)}")
+    figures = json.loads(out.read_text())
+    return GatewayRun(threads=figures["threads"], requests=figures["requests"], ok=figures["ok"],
+                      statuses=figures["statuses"], elapsed_s=figures["elapsed_s"],
+                      requests_per_s=figures["requests_per_s"], p50_ms=figures["p50_ms"], p99_ms=figures["p99_ms"],
+                      max_ms=figures["max_ms"], client_cpu_s=figures["cpu_s"], cpu_s=round(after - before, 3))
+
+
+# -------------------------------------------------------------------------------------------- memory and start-up
+
+
+def pss_kb(pids: Iterable[int]) -> tuple[int, int]:
+    """The sum of the proportional set sizes of the processes ``pids`` in kB (``Pss:`` of
+    /proc/PID/smaps_rollup), and how many processes were read (one that has exited is skipped)."""
+    total = read = 0
+    for pid in pids:
+        try:
+            text = Path(f"/proc/{pid}/smaps_rollup").read_text()
+        except OSError:
+            continue
+        match = PSS_LINE.search(text)
+        if match:
+            total += int(match.group(1))
+            read += 1
+    return total, read
+
+
+def _mb(kb: int) -> float:
+    """kB (as /proc counts them: 1,024 bytes) in MB (10^6 bytes)."""
+    return kb * 1024 / 1e6
+
+
+@dataclass
+class IdleMemory:
+    """An orchestrator with every guard routed (to nginx), idle: its time to start and its memory."""
+
+    guards: int
+    ready_s: float
+    idle_s: float
+    pss_kb: int
+    processes: int
+
+    def as_json(self) -> dict[str, Any]:
+        """The figures as a JSON object."""
+        return {**asdict(self), "pss_mb": round(_mb(self.pss_kb), 2)}
+
+
+def measure_idle_memory(guard: Guard, workdir: Path, problems: list[str]) -> IdleMemory:
+    """Start an orchestrator with all six guards routed to nginx, let it idle for IDLE_S seconds once ready, sum
+    the PSS of its processes, and stop it."""
+    urls = {service.env_var: f"http://127.0.0.1:{guard.port}" for service in SERVICE_TYPES.values()}
+    print(f"bench: memory: an orchestrator with {len(urls)} guards, idle for {IDLE_S:g} s ...", file=sys.stderr)
+    with orchestrator_running(urls, workdir, problems, name="serve-idle") as orch:
+        time.sleep(IDLE_S)
+        kb, processes = pss_kb(orch.pids())
+    if not processes:
+        raise BenchError("bench: memory: no process of the orchestrator could be read in /proc")
+    return IdleMemory(len(urls), orch.ready_s, IDLE_S, kb, processes)
+
+
+@dataclass
+class Soak:
+    """Open loop through the shim at half the shim's throughput: a warm-up, then the soak; the orchestrator's PSS
+    between the two and at the end."""
+
+    rate: int
+    warmup: OpenRun
+    run: OpenRun
+    pss_start_kb: int
+    pss_end_kb: int
+
+    @property
+    def growth_pct(self) -> float | None:
+        """How much the PSS grew over the soak, in percent of its start."""
+        return (self.pss_end_kb - self.pss_start_kb) * 100.0 / self.pss_start_kb if self.pss_start_kb else None
+
+    def as_json(self) -> dict[str, Any]:
+        """The memory figures and the runs' names (the runs themselves are in "open_loop")."""
+        return {"rate": self.rate, "warmup_run": self.warmup.name, "run": self.run.name,
+                "pss_start_mb": round(_mb(self.pss_start_kb), 2), "pss_end_mb": round(_mb(self.pss_end_kb), 2),
+                "growth_pct": _rounded(self.growth_pct, 3)}
+
+
+def measure_soak(settings: Settings, orch: Orchestrator, shim_requests_per_s: float) -> Soak:
+    """Open loop through the shim at half ``shim_requests_per_s``: ``settings.soak_warmup_s`` seconds, the PSS, then
+    ``settings.soak_s`` seconds, the PSS again."""
+    rate = max(round(shim_requests_per_s / 2), 1)
+    warmup = measure_open_loop("soak-warmup", f"soak warm-up, {rate}/s", orch.http_port, SHIM_PATH, SHIM_BODY, rate,
+                               settings.soak_warmup_s, orch.pids, SHIM_CPU_OF)
+    start_kb, _ = pss_kb(orch.pids())
+    run = measure_open_loop("soak", f"soak, {rate}/s", orch.http_port, SHIM_PATH, SHIM_BODY, rate, settings.soak_s,
+                            orch.pids, SHIM_CPU_OF)
+    end_kb, _ = pss_kb(orch.pids())
+    return Soak(rate, warmup, run, start_kb, end_kb)
+
+
 # ----------------------------------------------------------------------------------------------------------- faults
 
 
@@ -1128,14 +1453,17 @@ class Isolation:
 
 @dataclass
 class FailFast:
-    """Answers from a guard whose breaker is open."""
+    """Answers from a guard whose breaker is open: closed loop (wrk), then open loop."""
 
     run: RunResult
     trip_requests: int  # sequential requests it took to see circuit_open before the run
+    open_run: OpenRun
+    open_trip_requests: int  # the same before the open-loop run (1: the breaker was still open)
 
     def as_json(self) -> dict[str, Any]:
-        """The run's name and how the breaker was tripped (the run itself is in "runs")."""
-        return {"run": self.run.name, "trip_requests": self.trip_requests, "breaker_open_s": float(BREAKER_OPEN_S)}
+        """The runs' names and how the breaker was tripped (the runs themselves are in "runs" and "open_loop")."""
+        return {"run": self.run.name, "trip_requests": self.trip_requests, "open_loop_run": self.open_run.name,
+                "open_loop_trip_requests": self.open_trip_requests, "breaker_open_s": float(BREAKER_OPEN_S)}
 
 
 def _ratio(value: float | None, base: float | None) -> float | None:
@@ -1178,13 +1506,18 @@ def measure_isolation(wrk: str, settings: Settings, orch: Orchestrator, hung_gua
 
 
 def measure_fail_fast(wrk: str, settings: Settings, orch: Orchestrator, workdir: Path) -> FailFast:
-    """Trip biasguard's breaker, then one run (no warm-up) through the shim to biasguard while it is open."""
+    """Trip biasguard's breaker, then one run (no warm-up) through the shim to biasguard while it is open; then trip
+    it again (one request, when it is still open) and send ``settings.rate_high`` requests/s to it, open loop."""
     print("bench: fail-fast: tripping biasguard's breaker ...", file=sys.stderr)
     tries = trip_breaker(orch.http_port, FAIL_BODY, "biasguard")
     run = measure(wrk, settings, "fail-fast", "fail-fast: breaker open", orch.http_port, SHIM_PATH, FAIL_BODY,
                   workdir, orch.pids, SHIM_CPU_OF, connections=FAIL_CONNECTIONS, warmup=False,
                   expected_statuses=FAIL_EXPECTED)
-    return FailFast(run, tries)
+    open_tries = trip_breaker(orch.http_port, FAIL_BODY, "biasguard")
+    open_run = measure_open_loop("breaker-open", f"breaker open, {settings.rate_high}/s", orch.http_port, SHIM_PATH,
+                                 FAIL_BODY, settings.rate_high, settings.open_duration_s, orch.pids, SHIM_CPU_OF,
+                                 expected_statuses=FAIL_EXPECTED)
+    return FailFast(run, tries, open_run, open_tries)
 
 
 # ----------------------------------------------------------------------------------------------------------- report
@@ -1212,19 +1545,173 @@ def machine() -> dict[str, Any]:
             "kernel": platform.release(), "python": platform.python_version(), "thespian": thespian}
 
 
-def report(started: datetime.datetime, info: Mapping[str, Any], settings: Settings,
-           results: Sequence[RunResult], isolation: Isolation | None = None,
-           fail_fast: FailFast | None = None) -> str:
-    """The plain-text table, with its legend and notes."""
+@dataclass
+class Figures:
+    """Everything one benchmark run measured; what could not be measured stays empty (and its problem is reported)."""
+
+    results: list[RunResult] = field(default_factory=list)  # the wrk runs
+    open_runs: list[OpenRun] = field(default_factory=list)
+    isolation: Isolation | None = None
+    fail_fast: FailFast | None = None
+    gateway: GatewayRun | None = None
+    idle: IdleMemory | None = None
+    soak: Soak | None = None
+    ready_s: float | None = None  # the measured orchestrator's (three guards) start to ready (the six guards': idle)
+
+    def run(self, name: str) -> RunResult | None:
+        """The wrk run named ``name``, if it was made."""
+        return next((result for result in self.results if result.name == name), None)
+
+    def open_run(self, name: str) -> OpenRun | None:
+        """The open-loop run named ``name``, if it was made."""
+        return next((run for run in self.open_runs if run.name == name), None)
+
+    def failed(self) -> bool:
+        """Whether a run had errors or completed nothing."""
+        return (any(result.errors or not result.requests for result in self.results)
+                or any(run.errors or not run.result.answered for run in self.open_runs)
+                or (self.isolation is not None and self.isolation.callers.errors > 0)
+                or (self.gateway is not None and (self.gateway.errors > 0 or not self.gateway.requests)))
+
+
+@dataclass(frozen=True)
+class Goal:
+    """One figure of issue 6 next to its goal; ``value`` is None when this run did not measure it."""
+
+    key: str  # its name in the JSON
+    figure: str
+    value: float | None
+    unit: str  # "req/s", "ms", "x", "MB", "%" or "s"
+    limit: float
+    at_least: bool  # the goal is value >= limit (else value <= limit)
+    note: str = ""  # the figures it comes from, the baseline
+
+    @property
+    def met(self) -> bool | None:
+        """Whether the value meets the goal (None: not measured)."""
+        if self.value is None:
+            return None
+        return self.value >= self.limit if self.at_least else self.value <= self.limit
+
+    @property
+    def verdict(self) -> str:
+        """"met", "MISSED" or "not measured"."""
+        return {True: "met", False: "MISSED", None: "not measured"}[self.met]
+
+    @property
+    def goal(self) -> str:
+        """The goal as text: "<= 25 ms"."""
+        limit = f"x{self.limit:g}" if self.unit == "x" else f"{self.limit:,g} {self.unit}"
+        return f"{'>=' if self.at_least else '<='} {limit}"
+
+    def as_json(self) -> dict[str, Any]:
+        """The goal as a JSON object."""
+        return {"key": self.key, "figure": self.figure, "value": _rounded(self.value), "unit": self.unit,
+                "limit": self.limit, "at_least": self.at_least, "goal": self.goal, "met": self.met, "note": self.note}
+
+
+def goals(settings: Settings, figures: Figures) -> list[Goal]:
+    """The figures of issue 6's table, in its order, from what this run measured."""
+    return [_throughput_goal(settings, figures), _added_latency_goal(settings, figures),
+            _p99_goal(settings, figures), _breaker_goal(settings, figures), _isolation_goal(figures),
+            _gateway_goal(figures), *_memory_goals(settings, figures)]
+
+
+def _throughput_goal(settings: Settings, figures: Figures) -> Goal:
+    shim, direct = figures.run("shim"), figures.run("direct")
+    return Goal("shim_throughput", f"throughput through the HTTP shim, {settings.connections} connections",
+                shim.requests_per_s if shim else None, "req/s", 2500, True,
+                f"wrk; direct to nginx {direct.requests_per_s:,.0f} req/s" if direct else "wrk")
+
+
+def _added_latency_goal(settings: Settings, figures: Figures) -> Goal:
+    shim, direct = figures.open_run("open-shim"), figures.open_run("open-direct")
+    shim_p50 = shim.result.p50_ms if shim else None
+    direct_p50 = direct.result.p50_ms if direct else None
+    added = None if shim_p50 is None or direct_p50 is None else shim_p50 - direct_p50
+    return Goal("added_latency_p50", f"added latency p50 vs the guard direct, {settings.rate_low} req/s", added,
+                "ms", 1.5, False, f"open loop: shim p50 {_ms(shim_p50)} ms - direct p50 {_ms(direct_p50)} ms")
+
+
+def _p99_goal(settings: Settings, figures: Figures) -> Goal:
+    run = figures.open_run("open-shim-high")
+    note = (f"open loop: {run.result.answered} of {run.result.scheduled} answered at "
+            f"{run.result.achieved_rate:,.0f} req/s, {run.errors} errors, p50 {_ms(run.result.p50_ms)} ms"
+            if run else "open loop")
+    return Goal("p99_high_rate", f"p99 at {settings.rate_high:,} req/s offered", run.result.p99_ms if run else None,
+                "ms", 25, False, note)
+
+
+def _breaker_goal(settings: Settings, figures: Figures) -> Goal:
+    fail = figures.fail_fast
+    note = (f"open loop at {settings.rate_high:,} req/s; wrk with {fail.run.connections} connections: p99 "
+            f"{_ms(fail.run.p99_ms)} ms" if fail else "open loop")
+    return Goal("breaker_open_p99", "answer while a breaker is open, p99",
+                fail.open_run.result.p99_ms if fail else None, "ms", 2, False, note)
+
+
+def _isolation_goal(figures: Figures) -> Goal:
+    iso = figures.isolation
+    note = f"wrk: p99 {_ms(iso.hung.p99_ms)} ms / {_ms(iso.baseline.p99_ms)} ms" if iso else "wrk"
+    return Goal("isolation_p99_ratio", "isolation: other guards' p99, one guard hung / none",
+                iso.p99_ratio if iso else None, "x", 1.2, False, note)
+
+
+def _gateway_goal(figures: Figures) -> Goal:
+    gw = figures.gateway
+    note = f"p50 {_ms(gw.p50_ms)} ms, p99 {_ms(gw.p99_ms)} ms, {gw.errors} errors" if gw else ""
+    return Goal("gateway_throughput", f"Python gateway, Gateway.orchestrate from {GATEWAY_THREADS} threads",
+                gw.requests_per_s if gw else None, "req/s", 1500, True, note)
+
+
+def _memory_goals(settings: Settings, figures: Figures) -> list[Goal]:
+    idle, soak = figures.idle, figures.soak
+    ready = "" if figures.ready_s is None else f"the measured orchestrator (three guards) {figures.ready_s:.2f} s"
+    return [
+        Goal("idle_pss", "memory: PSS of all processes, idle, six guards", _mb(idle.pss_kb) if idle else None, "MB",
+             250, False, f"{idle.processes} processes, {idle.idle_s:g} s after ready" if idle else ""),
+        Goal("memory_growth", f"memory growth over a {settings.soak_s} s run at half the max throughput",
+             soak.growth_pct if soak else None, "%", 5, False,
+             f"PSS {_mb(soak.pss_start_kb):.1f} -> {_mb(soak.pss_end_kb):.1f} MB at {soak.rate:,} req/s, open loop"
+             if soak else ""),
+        Goal("start_to_ready", "start to ready, six guards", idle.ready_s if idle else None, "s", 3, False, ready),
+    ]
+
+
+def _amount(value: float | None, unit: str) -> str:
+    """A figure with its unit, as the report shows it."""
+    if value is None:
+        return "-"
+    if unit == "req/s":
+        return f"{value:,.0f} req/s"
+    if unit == "ms":
+        return f"{_ms(value)} ms"
+    if unit == "x":
+        return f"x{value:.2f}"
+    return f"{value:.1f} {unit}" if unit in ("MB", "%") else f"{value:.2f} {unit}"
+
+
+def report(started: datetime.datetime, info: Mapping[str, Any], settings: Settings, figures: Figures) -> str:
+    """The plain-text tables (wrk runs, open-loop runs, goals), with their legends and notes."""
     lines = [
         f"Aeyon bench — {started:%Y-%m-%d %H:%M} UTC",
         f"machine: {info['cpu']} x {info['cores']} cores, {info['memory_gib']} GiB, Linux {info['kernel']}, "
         f"Python {info['python']}, thespian {info['thespian']}",
-        f"tools: wrk {info['wrk']}, nginx {info['nginx']}",
+        f"tools: wrk {info['wrk']} (closed loop), bin/openloop.py (open loop: one Python thread of the bench), "
+        f"nginx {info['nginx']}",
         f"command: {settings.command()}",
-        f"{'run':<27}{'req/s':<9}{'p50 ms':<9}{'p99 ms':<9}{'errors':<9}cpu ms/req",
+        *_wrk_lines(figures),
     ]
-    for result in results:
+    if figures.open_runs:
+        lines += ["", *_open_loop_lines(figures.open_runs)]
+    lines += ["", *_other_lines(settings, figures), "", *_goal_lines(goals(settings, figures))]
+    return "\n".join(lines)
+
+
+def _wrk_lines(figures: Figures) -> list[str]:
+    isolation, fail_fast = figures.isolation, figures.fail_fast
+    lines = [f"{'run':<27}{'req/s':<9}{'p50 ms':<9}{'p99 ms':<9}{'errors':<9}cpu ms/req"]
+    for result in figures.results:
         lines.append(f"{result.label:<27}{result.requests_per_s:<9.0f}{_ms(result.p50_ms):<9}"
                      f"{_ms(result.p99_ms):<9}{result.errors:<9}{_ms(result.cpu_ms_per_request)}")
     lines.append("")
@@ -1250,7 +1737,7 @@ def report(started: datetime.datetime, info: Mapping[str, Any], settings: Settin
     if fail_fast:
         lines.append(f"fail-fast: the breaker opened after {fail_fast.trip_requests} requests; answers: "
                      f"{fail_fast.run.answers()}")
-    for result in results:
+    for result in figures.results:
         if result.errors:
             sockets = ", ".join(f"{kind} {count}" for kind, count in result.socket_errors.items())
             by_status = f" ({result.answers(errors_only=True)})" if result.statuses else ""
@@ -1258,7 +1745,70 @@ def report(started: datetime.datetime, info: Mapping[str, Any], settings: Settin
                          f"socket errors: {sockets}")
         elif not result.requests:
             lines.append(f"{result.label}: no request completed")
-    return "\n".join(lines)
+    return lines
+
+
+def _open_loop_lines(runs: Sequence[OpenRun]) -> list[str]:
+    lines = [f"{'open loop':<27}{'offered':<9}{'answered':<10}{'req/s':<9}{'p50 ms':<9}{'p90 ms':<9}{'p99 ms':<9}"
+             f"{'max ms':<9}{'errors':<8}{'cpu ms/req':<12}{'late p99':<10}gen cpu"]
+    for run in runs:
+        result, share = run.result, run.generator_cpu_share
+        lines.append(f"{run.label:<27}{result.offered_rate:<9.0f}{result.answered:<10}{result.achieved_rate:<9.0f}"
+                     f"{_ms(result.p50_ms):<9}{_ms(result.p90_ms):<9}{_ms(result.p99_ms):<9}{_ms(result.max_ms):<9}"
+                     f"{run.errors:<8}{_ms(run.cpu_ms_per_request):<12}{_ms(result.send_lag_p99_ms):<10}{share:.0%}")
+    lines.append("")
+    lines.append(f"open loop: requests sent on a fixed schedule over at most {OPEN_CONNECTIONS} keep-alive connections "
+                 "(opened as needed), each latency measured from the request's scheduled time, so a request that "
+                 "waits for a connection or is sent late counts its wait; late p99: how late requests were written "
+                 "(that wait plus the generator's own delay); errors: unexpected statuses, failed connections and "
+                 f"requests still unanswered {OPEN_DRAIN_S:g} s after the last scheduled send (counted in the "
+                 "percentiles with the time they waited); gen cpu: the load generator's CPU time over the run, in "
+                 "share of one core; cpu ms/req as above")
+    for run in runs:
+        if run.errors or not run.result.answered or run.expected:
+            lines.append(f"{run.label}: {run.result.scheduled} scheduled, {run.result.sent} sent, "
+                         f"{run.result.answered} answered; {run.answers()}")
+    return lines
+
+
+def _other_lines(settings: Settings, figures: Figures) -> list[str]:
+    gw, idle, soak, fail_fast = figures.gateway, figures.idle, figures.soak, figures.fail_fast
+    lines = []
+    if fail_fast:
+        tries = fail_fast.open_trip_requests
+        lines.append(f"breaker open, open loop: biasguard's breaker tripped again first ({tries} "
+                     f"request{'s' if tries != 1 else ''}); "
+                     f"{' and '.join(map(str, FAIL_EXPECTED))} answers are expected there, not errors")
+    if gw:
+        lines.append(f"Python gateway (bin/gateway_load.py, a process of its own joined to the actor system), "
+                     f"{gw.threads} threads, one call after the other: {gw.requests_per_s:,.0f} req/s, p50 "
+                     f"{_ms(gw.p50_ms)} ms, p99 {_ms(gw.p99_ms)} ms, max {_ms(gw.max_ms)} ms, {gw.requests} calls, "
+                     f"{gw.errors} errors, cpu ms/req {_ms(gw.cpu_ms_per_request)} (the orchestrator's), the "
+                     f"client's CPU {gw.client_cpu_s:.2f} s in {gw.elapsed_s:.2f} s")
+        if gw.errors:
+            lines.append(f"Python gateway: the calls got {', '.join(f'{k} {n}' for k, n in gw.statuses.items())}")
+    if idle:
+        lines.append(f"memory: an orchestrator with {idle.guards} guards (all routed to nginx), idle "
+                     f"{idle.idle_s:g} s after ready: PSS {_mb(idle.pss_kb):.1f} MB over {idle.processes} processes "
+                     f"(MB: 10^6 bytes); start to ready {idle.ready_s:.2f} s")
+    if figures.ready_s is not None:
+        lines.append(f"start to ready: the measured orchestrator (three guards) {figures.ready_s:.2f} s, from "
+                     "spawning aeyon serve to the first 200 from GET /ready")
+    if soak:
+        lines.append(f"soak: through the shim at {soak.rate:,} req/s (half the wrk run's req/s), open loop, "
+                     f"{settings.soak_warmup_s} s warm-up then {settings.soak_s} s: PSS {_mb(soak.pss_start_kb):.1f} "
+                     f"-> {_mb(soak.pss_end_kb):.1f} MB ({_amount(soak.growth_pct, '%')}); p99 "
+                     f"{_ms(soak.run.result.p99_ms)} ms, {soak.run.errors} errors")
+    return lines
+
+
+def _goal_lines(goal_list: Sequence[Goal]) -> list[str]:
+    lines = ["goals (issue 6: 2 cores, a fast local guard, keep-alive clients, all features on); a report, not a test",
+             f"{'figure':<58}{'measured':<14}{'goal':<16}{'verdict':<14}note"]
+    for goal in goal_list:
+        lines.append(f"{goal.figure:<58}{_amount(goal.value, goal.unit):<14}{goal.goal:<16}{goal.verdict:<14}"
+                     f"{goal.note}")
+    return lines
 
 
 def _times(ratio: float | None) -> str:
@@ -1275,20 +1825,19 @@ def _ms(value: float | None) -> str:
 
 
 def bench(settings: Settings) -> int:
-    """Set everything up, run the measurements, print the table, tear everything down; the exit status."""
+    """Set everything up, run the measurements, print the tables, tear everything down; the exit status."""
     started = datetime.datetime.now(datetime.timezone.utc)
     wrk = ensure_tool("wrk", "wrk")
     nginx = ensure_tool("nginx", "nginx")
     info = {**machine(), "wrk": tool_version([wrk, "-v"], r"wrk (?:[a-z]+/)?(\S+)"),
             "nginx": tool_version([nginx, "-v"], r"nginx/([\w.\-]+)")}
     problems: list[str] = []
-    results: list[RunResult] = []
-    isolation: Isolation | None = None
-    fail_fast: FailFast | None = None
+    figures = Figures()
     try:
         with tempfile.TemporaryDirectory(prefix="aeyon-bench-") as tmp, contextlib.ExitStack() as stack:
             workdir = Path(tmp)
             guard = stack.enter_context(guard_running(nginx, workdir))
+            figures.idle = _attempt(problems, "memory", lambda: measure_idle_memory(guard, workdir, problems))
             urls = {"TOKENGUARD_URL": f"http://127.0.0.1:{guard.port}"}
             hung_guard = None
             if settings.faults:
@@ -1297,71 +1846,107 @@ def bench(settings: Settings) -> int:
                 urls["BIASGUARD_URL"] = f"http://127.0.0.1:{guard.fail_port}"
             orch = stack.enter_context(orchestrator_running(urls, workdir, problems,
                                                             {"AEYON_BREAKER_OPEN": BREAKER_OPEN_S}))
+            figures.ready_s = orch.ready_s
             check_once(guard.port, DIRECT_PATH, DIRECT_BODY, "straight to nginx",
                        lambda answer: isinstance(answer, dict) and answer.get("safe") is True)
             check_once(orch.http_port, SHIM_PATH, SHIM_BODY, "through the shim",
                        lambda answer: isinstance(answer, dict) and answer.get("status") == "success")
-            results.append(measure(wrk, settings, "direct", "direct to guard (nginx)", guard.port, DIRECT_PATH,
-                                   DIRECT_BODY, workdir, guard.pids, "nginx"))
-            results.append(measure(wrk, settings, "shim", "through the shim", orch.http_port, SHIM_PATH, SHIM_BODY,
-                                   workdir, orch.pids, SHIM_CPU_OF, expected_statuses=()))
-            if settings.compare_entry:
-                with threaded_entry_running(orch, workdir) as port:
-                    check_once(port, SHIM_PATH, SHIM_BODY, "through the threaded entry",
-                               lambda answer: isinstance(answer, dict) and answer.get("status") == "success")
-                    results.append(measure(wrk, settings, "threaded", "threaded entry+gateway", port,
-                                           SHIM_PATH, SHIM_BODY, workdir, orch.pids,
-                                           "the threaded entry and the orchestrator's processes",
-                                           expected_statuses=()))
-            if hung_guard is not None:
-                # A fault measurement that cannot be made is reported after the table of what was measured.
-                try:
-                    isolation = measure_isolation(wrk, settings, orch, hung_guard, workdir)
-                    results.extend((isolation.baseline, isolation.hung))
-                except BenchError as exc:
-                    problems.append(f"isolation: {str(exc).removeprefix('bench: ')}")
-                try:
-                    fail_fast = measure_fail_fast(wrk, settings, orch, workdir)
-                    results.append(fail_fast.run)
-                except BenchError as exc:
-                    problems.append(f"fail-fast: {str(exc).removeprefix('bench: ')}")
-            print(report(started, info, settings, results, isolation, fail_fast), flush=True)
+            measure_all(wrk, settings, guard, orch, hung_guard, workdir, figures, problems)
+            print(report(started, info, settings, figures), flush=True)
             if settings.json_path:
-                write_json(settings, started, info, results, isolation, fail_fast)
-            through_shim = [result for result in results if result.name != "direct"]
-            if isolation:
-                through_shim.append(isolation.callers)
+                write_json(settings, started, info, figures)
             if orch.process.poll() is not None:
                 problems.append(f"aeyon serve exited with {orch.process.returncode} during the benchmark")
-            elif any(result.errors or not result.requests for result in through_shim):
-                print(f"bench: a run through the shim had errors; the tail of the serve log:\n"
-                      f"{log_tail(orch.log_path)}", file=sys.stderr)
+            elif figures.failed():
+                print(f"bench: a run had errors; the tail of the serve log:\n{log_tail(orch.log_path)}",
+                      file=sys.stderr)
     finally:
         for problem in problems:
             print(f"bench: {problem}", file=sys.stderr)
-    failed = (problems or any(result.errors or not result.requests for result in results)
-              or (isolation is not None and isolation.callers.errors))
-    return 1 if failed else 0
+    return 1 if problems or figures.failed() else 0
 
 
-def write_json(settings: Settings, started: datetime.datetime, info: Mapping[str, Any],
-               results: Sequence[RunResult], isolation: Isolation | None = None,
-               fail_fast: FailFast | None = None) -> None:
+def measure_all(wrk: str, settings: Settings, guard: Guard, orch: Orchestrator, hung_guard: HungGuard | None,
+                workdir: Path, figures: Figures, problems: list[str]) -> None:
+    """Every measurement against the running orchestrator, in order, into ``figures``: wrk straight to nginx and
+    through the shim (these two must succeed), then open loop, the gateway, the faults (with ``hung_guard``) and
+    the soak, each reported in ``problems`` when it cannot be made."""
+    figures.results.append(measure(wrk, settings, "direct", "direct to guard (nginx)", guard.port, DIRECT_PATH,
+                                   DIRECT_BODY, workdir, guard.pids, "nginx"))
+    shim = measure(wrk, settings, "shim", "through the shim", orch.http_port, SHIM_PATH, SHIM_BODY, workdir, orch.pids,
+                   SHIM_CPU_OF, expected_statuses=())
+    figures.results.append(shim)
+    if settings.compare_entry:
+        with threaded_entry_running(orch, workdir) as port:
+            check_once(port, SHIM_PATH, SHIM_BODY, "through the threaded entry",
+                       lambda answer: isinstance(answer, dict) and answer.get("status") == "success")
+            figures.results.append(measure(wrk, settings, "threaded", "threaded entry+gateway", port, SHIM_PATH,
+                                           SHIM_BODY, workdir, orch.pids,
+                                           "the threaded entry and the orchestrator's processes",
+                                           expected_statuses=()))
+    figures.open_runs.extend(measure_latencies(settings, guard, orch))
+    figures.gateway = _attempt(problems, "Python gateway", lambda: measure_gateway(settings, orch, workdir))
+    if hung_guard is not None:
+        isolation = _attempt(problems, "isolation", lambda: measure_isolation(wrk, settings, orch, hung_guard,
+                                                                              workdir))
+        if isolation:
+            figures.isolation = isolation
+            figures.results.extend((isolation.baseline, isolation.hung))
+        fail_fast = _attempt(problems, "fail-fast", lambda: measure_fail_fast(wrk, settings, orch, workdir))
+        if fail_fast:
+            figures.fail_fast = fail_fast
+            figures.results.append(fail_fast.run)
+            figures.open_runs.append(fail_fast.open_run)
+    if settings.soak_s:
+        soak = _attempt(problems, "soak", lambda: measure_soak(settings, orch, shim.requests_per_s))
+        if soak:
+            figures.soak = soak
+            figures.open_runs.extend((soak.warmup, soak.run))
+
+
+T = TypeVar("T")
+
+
+def _attempt(problems: list[str], what: str, measurement: Callable[[], T]) -> T | None:
+    """``measurement()``, or None when it raises BenchError, whose message goes to ``problems`` after ``what``: a
+    measurement that cannot be made is reported after the tables of what was."""
+    try:
+        return measurement()
+    except BenchError as exc:
+        problems.append(f"{what}: {str(exc).removeprefix('bench: ')}")
+        return None
+
+
+def write_json(settings: Settings, started: datetime.datetime, info: Mapping[str, Any], figures: Figures) -> None:
     """Write the figures as JSON to ``settings.json_path``."""
     assert settings.json_path is not None
-    document = {
+    document: dict[str, Any] = {
         "timestamp": started.isoformat(timespec="seconds"),
         "machine": dict(info),
         "command": settings.command(),
         "settings": {"duration_s": settings.duration_s, "connections": settings.connections,
                      "threads": settings.threads, "warmup_s": settings.warmup_s, "smoke": settings.smoke,
-                     "faults": settings.faults, "wrk_request_timeout": WRK_REQUEST_TIMEOUT},
-        "runs": [result.as_json() for result in results],
+                     "faults": settings.faults, "wrk_request_timeout": WRK_REQUEST_TIMEOUT,
+                     "open_duration_s": settings.open_duration_s, "rate_low": settings.rate_low,
+                     "rate_high": settings.rate_high, "open_connections": OPEN_CONNECTIONS,
+                     "open_drain_s": OPEN_DRAIN_S, "gateway_threads": GATEWAY_THREADS, "soak_s": settings.soak_s,
+                     "soak_warmup_s": settings.soak_warmup_s},
+        "runs": [result.as_json() for result in figures.results],
+        "open_loop": [run.as_json() for run in figures.open_runs],
+        "start_to_ready_s": {"six_guards": figures.idle.ready_s if figures.idle else None,
+                             "three_guards": figures.ready_s},
+        "goals": [goal.as_json() for goal in goals(settings, figures)],
     }
-    if isolation:
-        document["isolation"] = isolation.as_json()
-    if fail_fast:
-        document["fail_fast"] = fail_fast.as_json()
+    if figures.isolation:
+        document["isolation"] = figures.isolation.as_json()
+    if figures.fail_fast:
+        document["fail_fast"] = figures.fail_fast.as_json()
+    if figures.gateway:
+        document["gateway"] = figures.gateway.as_json()
+    if figures.idle:
+        document["idle_memory"] = figures.idle.as_json()
+    if figures.soak:
+        document["soak"] = figures.soak.as_json()
     settings.json_path.write_text(json.dumps(document, indent=2) + "\n")
 
 
