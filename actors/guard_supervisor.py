@@ -36,7 +36,7 @@ from actors.messages import (
     WorkBatch,
     WorkDone,
 )
-from actors.messages.control import ActorDescription, DescribeActor, GuardStateSaved
+from actors.messages.control import ActorDescription, DescribeActor, EntrySwitched, GuardStateSaved, Retire
 from actors.messages.events import (
     ACTOR_RESTARTED,
     CIRCUIT_BREAKER_CLOSED,
@@ -51,6 +51,7 @@ from system.clock import wallclock
 from system.guard_client import DEGRADED, HEALTHY
 from system.guard_pool import GuardPool
 from system.health import STATUS_VALUE, HealthState
+from system.placement import node_capability_check
 from system.policy import GuardPolicy
 from system.restart import RestartIntensity
 from system.retry import RetryBudget
@@ -84,6 +85,11 @@ class _Worker:
 class GuardSupervisor(AeyonActor):
     """See the module docstring."""
 
+    @staticmethod
+    def actorSystemCapabilityCheck(capabilities: dict[str, Any], requirements: dict[str, Any]) -> bool:
+        """Runs on the node the root asks for (multi-node placement, system/placement.py)."""
+        return node_capability_check(capabilities, requirements)
+
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.spec: Any = None
@@ -106,6 +112,9 @@ class GuardSupervisor(AeyonActor):
         self.counters = {"calls": 0, "refused": 0, "retries": 0, "worker_restarts": 0, "trips": 0}
         self._next_batch = 1
         self._early: list[tuple[Any, Any]] = []
+        self.retiring = False  # the guard moved to another node: answer what was taken, then stop
+        self.awaiting: list[Any] = []  # entries that may still send calls while retiring
+        self.switched: list[Any] = []  # entries that said they send no more
 
     def receiveMessage(self, message: Any, sender: Any) -> Any:
         # Entries learn this supervisor's address from the Router, and may call it before the root's
@@ -186,6 +195,7 @@ class GuardSupervisor(AeyonActor):
         self.counters["refused"] += len(refused)
         self.send(sender, CallAccepted(batch.batch_id, batch.service, tuple(refused)))
         self._dispatch()
+        self._retire_when_idle()
 
     def _circuit_open(self, call: CallGuard) -> GuardReplied:
         return GuardReplied(call.key, call.request_id, "circuit_open",
@@ -215,6 +225,23 @@ class GuardSupervisor(AeyonActor):
             self.wakeupAfter(held + 0.0005, payload="hold")
         self._gauges()
         self._tick_soon()
+
+    def receiveMsg_Retire(self, message: Retire, sender: Any) -> None:
+        self.retiring = True
+        self.awaiting = [e for e in message.entries if not any(e == s for s in self.switched)]
+        self._retire_when_idle()
+
+    def receiveMsg_EntrySwitched(self, message: EntrySwitched, sender: Any) -> None:
+        self.switched.append(sender)
+        self.awaiting = [e for e in self.awaiting if e != sender]
+        self._retire_when_idle()
+
+    def _retire_when_idle(self) -> None:
+        # Calls may still be on their way from an entry until it says it switched (messages from one sender
+        # arrive in order): stop only when every entry has, and nothing taken is left to answer.
+        if (self.retiring and not self.exiting and not self.awaiting
+                and (self.pool is None or self.pool.in_flight + self.pool.queued == 0)):
+            self.send(self.myAddress, ActorExitRequest())
 
     def _gauges(self) -> None:
         if self.pool is not None and self.spec is not None:
@@ -247,6 +274,7 @@ class GuardSupervisor(AeyonActor):
         # As many calls per worker batch as it makes in BATCH_TARGET_S.
         self.pool.max_batch = max(1, min(MAX_WORK_BATCH, int(BATCH_TARGET_S / max(self.call_time_s, 1e-6))))
         self._dispatch()
+        self._retire_when_idle()
 
     def _return_tokens(self, worker: _Worker) -> None:
         self.retry_tokens_out -= worker.tokens
@@ -330,7 +358,7 @@ class GuardSupervisor(AeyonActor):
             self.send(entry, gate)
 
     def _save(self) -> None:
-        if self.peers is not None:
+        if self.peers is not None and not self.retiring:
             self.send(self.peers.orchestrator, GuardStateSaved(
                 self.spec.name, {"health": self.health.snapshot(), "breaker": self.breaker.snapshot()}))
 

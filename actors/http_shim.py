@@ -18,6 +18,7 @@ from actors.base import AeyonActor
 from actors.messages import (
     CallAccepted,
     CallBatch,
+    EntrySwitched,
     Event,
     EventsAck,
     EventsDelivered,
@@ -82,6 +83,7 @@ class HttpShim(ShimOps, AeyonActor):
         self.accepting = True
         self.drained_sent = False
         self.routes_version = -1
+        self.switched: list[Any] = []  # retiring supervisors told that no call of ours follows
         self.interest: frozenset[str] = frozenset()
         self.events: list[Event] = []
         self.ops = OpsTable()
@@ -242,7 +244,12 @@ class HttpShim(ShimOps, AeyonActor):
         if self.dispatcher is None or message.version <= self.routes_version:
             return
         self.routes_version = message.version
-        removed, moved = self.dispatcher.set_routes(message.routes)
+        removed, moved = self.dispatcher.set_routes(message.routes, message.retiring)
+        for address in message.retiring:
+            if not any(address == told for told in self.switched):
+                self.switched.append(address)
+                self.send(address, EntrySwitched(message.version))
+        self.switched = [a for a in self.switched if any(a == r for r in message.retiring)]
         for pending in removed:
             self._answer_error(pending, "service_unavailable", f"{pending.service} was unregistered", retry_after=1)
         for pending in moved:
@@ -251,7 +258,8 @@ class HttpShim(ShimOps, AeyonActor):
             self._finish_op(op)
 
     def receiveMsg_GuardGate(self, message: GuardGate, sender: Any) -> None:
-        if self.dispatcher is not None:
+        route = self.dispatcher.routes.get(message.service) if self.dispatcher is not None else None
+        if self.dispatcher is not None and (route is None or route.supervisor == sender):  # not a retired one's
             self.dispatcher.set_gate(message.service, message.code, message.message, message.until)
 
     def receiveMsg_Readiness(self, message: Readiness, sender: Any) -> None:

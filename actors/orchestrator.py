@@ -8,6 +8,12 @@ Tree::
     ├─ EventBus, Discovery, Router, RateLimiter, HealthMonitor (─ HealthWorker x <=10)   control plane
     ├─ HttpShim x k                                                                      data plane: entries
     └─ GuardSupervisor x guards (─ GuardWorker x <=n)                                   data plane: calls
+
+Multi-node: members that join this actor system's convention (``aeyon serve --join``) are announced by Thespian
+(``notifyOnSystemRegistrationChanges``); guard supervisors are created on them by capability
+(``system.placement``), and stay this root's children wherever they run. A guard on the leader moves to a member
+that joins and may host it (its old supervisor answers what it took, then stops: ``Retire``); the guards of a member
+that leaves or dies are placed again, on the leader or another member, with their saved breaker and health state.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ import itertools
 import os
 from typing import Any
 
-from thespian.actors import ActorExitRequest, ChildActorExited, WakeupMessage
+from thespian.actors import ActorExitRequest, ActorSystemConventionUpdate, ChildActorExited, WakeupMessage
 
 from actors.base import AeyonActor
 from actors.discovery import Discovery
@@ -62,6 +68,7 @@ from actors.messages.control import (
     Refused,
     Relay,
     RestoreRegistry,
+    Retire,
     ServiceSpec,
     ShimListening,
     StopAccepted,
@@ -75,6 +82,7 @@ from system import metrics
 from system.clock import wallclock
 from system.errors import ConfigError
 from system.health import STATES
+from system.placement import LEADER, Member, Placement
 from system.reload import changed_fields, reconfigured
 from system.restart import RestartIntensity
 
@@ -82,6 +90,9 @@ START_TIMEOUT_S = 15.0
 ESCALATION_GRACE_S = 1.0
 # After telling entries to answer what is left, how long to wait for them to say so before stopping anyway.
 ABANDON_GRACE_S = 1.0
+# A supervisor whose guard moved stops once it has answered what it took; at the latest after the longest request
+# timeout (what it still holds then is answered service_unavailable as it stops).
+RETIRE_MAX_S = 305.0
 
 CONTROL_ACTORS: dict[str, type] = {
     "event_bus": EventBus,
@@ -104,7 +115,7 @@ class _Shim:
 class _Guard:
     __slots__ = ("address", "health", "saved", "spec")
 
-    def __init__(self, spec: ServiceSpec, address: Any):
+    def __init__(self, spec: ServiceSpec, address: Any = None):
         self.spec = spec
         self.address = address
         self.saved: dict[str, Any] | None = None
@@ -140,6 +151,8 @@ class Orchestrator(AeyonActor):
         self.intensity = RestartIntensity()
         self.restarts = 0
         self._round_robin = itertools.count()
+        self.placement = Placement()
+        self.retiring: list[Any] = []  # supervisors of guards that moved, answering what they took
 
     # -- start -------------------------------------------------------------------------------------------------
 
@@ -154,6 +167,7 @@ class Orchestrator(AeyonActor):
         self.environ = dict(message.environ)
         self.intensity = RestartIntensity(self.settings.restart_max, self.settings.restart_period_s)
         self.starter = (sender, message.request_id)
+        self.notifyOnSystemRegistrationChanges(True)  # members joining and leaving (multi-node)
         self.configured = set(self.settings.guard_urls)
         self.initialized = self.settings.disable_health_checks or not self.configured
         sink = self.settings.guardian_zero_enabled and self.settings.guardian_zero_url
@@ -209,7 +223,13 @@ class Orchestrator(AeyonActor):
         if message.payload == "drain-abandoned":
             self._drain_done("the drain timeout passed; requests still in flight were answered 503")
         if message.payload == "escalate" and self.watcher is not None:
+            self.exiting = True  # what dies from here on is the shutdown's doing: nothing is replaced
             self.send(self.watcher, ShutdownRequested("escalation", self.escalated))
+        if (isinstance(message.payload, tuple) and message.payload[0] == "retire"
+                and any(a == message.payload[1] for a in self.retiring)):
+            self.send(message.payload[1], ActorExitRequest())
+            self.retiring = [a for a in self.retiring if a != message.payload[1]]
+            self._push_topology()
         if message.payload == "start-timeout" and not self.started and self.starter is not None:
             self.send(self.starter[0], StartFailed(self.starter[1], "the HTTP shim did not start in time"))
             self.starter = None
@@ -222,12 +242,13 @@ class Orchestrator(AeyonActor):
         for name in list(self.guards):
             if name not in wanted:
                 self.send(self.guards.pop(name).address, ActorExitRequest())
+                self.placement.forget(name)
         for name, spec in wanted.items():
             guard = self.guards.get(name)
             if guard is None:
-                guard = _Guard(spec, self.createActor(GuardSupervisor))
+                guard = _Guard(spec)
                 self.guards[name] = guard
-                self.send(guard.address, ConfigureGuard(spec, self.settings, self.peers()))
+                self._place(guard)
             elif guard.spec != spec:
                 guard.spec = spec
                 self.send(guard.address, ConfigureGuard(spec, self.settings, self.peers()))
@@ -240,10 +261,22 @@ class Orchestrator(AeyonActor):
             metrics.DISCOVERED_SERVICES.labels(state.lower()).set(
                 sum(1 for g in self.guards.values() if g.health == state))
 
+    def _place(self, guard: _Guard, node: str | None = None) -> None:
+        """Create the guard's supervisor on ``node`` (by default where the placement rule says), handing it the
+        state its previous supervisor saved."""
+        name = guard.spec.name
+        node = node or self.placement.choose(name)
+        self.placement.place(name, node)
+        guard.address = self.createActor(GuardSupervisor, targetActorRequirements=self.placement.requirements(node))
+        self.send(guard.address, ConfigureGuard(guard.spec, self.settings, self.peers(), guard.saved))
+        if node != LEADER:
+            self.log.info("%s placed on member %s", name, node)
+
     def _push_topology(self) -> None:
         topology = Topology(
             tuple(SupervisedService(g.spec, g.address) for _, g in sorted(self.guards.items())),
             tuple(s.address for s in self.shims if s.listening),
+            tuple(self.retiring),
         )
         for role in ("router", "health_monitor", "rate_limiter"):
             self.send(self.control[role], topology)
@@ -275,11 +308,23 @@ class Orchestrator(AeyonActor):
         if self.exiting:
             return
         child = message.childAddress
+        if any(a == child for a in self.retiring):
+            # A supervisor whose guard moved has answered what it took. It stays listed as retiring until
+            # RETIRE_MAX_S, when no request it held can still be waiting: a reply of its workers may still be
+            # on its way to an entry, which must not take the request for lost meanwhile.
+            return
         role = next((r for r, a in self.control.items() if a == child), None)
         shim = next((i for i, s in enumerate(self.shims) if s.address == child), None)
         guard = next((g for g in self.guards.values() if g.address == child), None)
         if role is None and shim is None and guard is None:
             return  # a supervisor we stopped on purpose
+        if guard is not None and self.placement.node_of(guard.spec.name) != LEADER:
+            # On a member: placed again (there, if it is still a member); its node's failures are not this
+            # node's restart storm, so they do not count toward the escalation.
+            self.restarts += 1
+            metrics.ACTOR_RESTARTS.labels("GuardSupervisor").inc()
+            self._restart_guard(guard)
+            return
         if not self.intensity.allow():
             self._escalate(f"more than {self.intensity.max_restarts} restarts in {self.intensity.period_s:g} s")
             return
@@ -317,10 +362,52 @@ class Orchestrator(AeyonActor):
 
     def _restart_guard(self, guard: _Guard) -> None:
         self.log.warning("the supervisor of %s died; restarting it", guard.spec.name)
-        guard.address = self.createActor(GuardSupervisor)
-        self.send(guard.address, ConfigureGuard(guard.spec, self.settings, self.peers(), guard.saved))
+        self._place(guard)
         self._push_topology()
-        self._publish(ACTOR_RESTARTED, {"actor": guard.spec.name, "restarts": self.restarts})
+        self._publish(ACTOR_RESTARTED, {"actor": guard.spec.name, "restarts": self.restarts,
+                                        "node": self.placement.node_of(guard.spec.name)})
+
+    # -- members (multi-node) ----------------------------------------------------------------------------------
+
+    def receiveMsg_ActorSystemConventionUpdate(self, message: ActorSystemConventionUpdate, sender: Any) -> None:
+        if self.exiting:
+            return
+        if message.remoteAdded:
+            member = Member.from_capabilities(message.remoteAdminAddress, message.remoteCapabilities or {})
+            if member is None:
+                return
+            self.placement.join(member)
+            self.log.info("member %s joined (may host: %s)", member.name,
+                          "any guard" if member.guards is None else ", ".join(sorted(member.guards)))
+            moves = self.placement.moves(self.guards)
+            for name, node in moves:
+                guard = self.guards[name]
+                old = guard.address
+                self._place(guard, node)
+                self.retiring.append(old)
+                self.send(old, Retire(tuple(s.address for s in self.shims if s.listening)))
+                self.wakeupAfter(RETIRE_MAX_S, payload=("retire", old))
+            if moves:
+                self._push_topology()
+            return
+        lost = self.placement.lost(message.remoteAdminAddress)
+        if lost is None:
+            return
+        names = self.placement.on_member(lost.name)
+        self.log.warning("member %s left or was lost; placing its guards again: %s", lost.name,
+                         ", ".join(names) or "none")
+        for name in names:
+            lost_guard = self.guards.get(name)
+            if lost_guard is None:
+                self.placement.forget(name)
+                continue
+            self.restarts += 1
+            metrics.ACTOR_RESTARTS.labels("GuardSupervisor").inc()
+            self._place(lost_guard)
+            self._publish(ACTOR_RESTARTED, {"actor": name, "restarts": self.restarts, "reason": "member lost",
+                                            "node": self.placement.node_of(name)})
+        if names:
+            self._push_topology()
 
     def _push_peers(self, peers: Peers, skip: Any) -> None:
         configure = Configure(self.settings, peers)
@@ -370,7 +457,8 @@ class Orchestrator(AeyonActor):
     def state(self) -> dict[str, Any]:
         """For inspection."""
         return {"started": self.started, "initialized": self.initialized, "restarts": self.restarts,
-                "services": len(self.registry), "watched": self.watcher is not None}
+                "services": len(self.registry), "watched": self.watcher is not None, **self.placement.describe(),
+                "retiring": len(self.retiring)}
 
     # -- requests that arrive at the root ----------------------------------------------------------------------
 
@@ -429,6 +517,7 @@ class Orchestrator(AeyonActor):
                 # An operator asked: no grace for load balancers, but the requests in flight are answered.
                 self._drain(0.0, self.settings.drain_timeout_s, "aeyon stop")
             else:
+                self.exiting = True
                 self.send(self.watcher, ShutdownRequested(message.request_id, "aeyon stop --now"))
         self.send(sender, StopAccepted(message.request_id, self.watcher is not None, os.getsid(0)))
 
@@ -486,6 +575,7 @@ class Orchestrator(AeyonActor):
         if self.watcher is not None and not self.drain_finished:
             self.drain_finished = True
             self.log.info("drained: %s", how)
+            self.exiting = True
             self.send(self.watcher, ShutdownRequested("drained", f"drained after {self.draining}: {how}"))
 
     def receiveMsg_ActorExitRequest(self, message: ActorExitRequest, sender: Any) -> None:

@@ -46,7 +46,7 @@ class Router(AeyonActor):
             )
             for s in message.services
         )
-        table = RoutesChanged(self.version, self.routes)
+        table = RoutesChanged(self.version, self.routes, message.retiring)
         for entry in message.entries:
             self.send(entry, table)
 

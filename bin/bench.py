@@ -281,6 +281,10 @@ class Settings:
     rate_low: int = DEFAULT_RATE_LOW
     rate_high: int = DEFAULT_RATE_HIGH
     soak_s: int = DEFAULT_SOAK_S  # 0: no soak
+    # The multi-node and scale-out mode (bin/scale.py): comma-separated lists, or None.
+    nodes: str | None = None
+    cores: str | None = None
+    shims: str | None = None
 
     @property
     def soak_warmup_s(self) -> int:
@@ -353,7 +357,17 @@ def parse_args(argv: Sequence[str] | None) -> Settings:
                              "server calling the orchestrator through the Python gateway)")
     parser.add_argument("--no-faults", dest="faults", action="store_false",
                         help="skip the isolation (one guard hung) and fail-fast (breaker open) measurements")
+    parser.add_argument("--nodes", metavar="N[,N...]",
+                        help="the multi-node mode instead of the above (bin/scale.py): for each N, a leader and N-1 "
+                             "members (aeyon serve --join) with every guard placed on a member, wrk through the "
+                             "shim to the six guards in turn; e.g. --nodes 1,2")
+    parser.add_argument("--cores", metavar="C[,C...]",
+                        help="with --nodes: confine the orchestrator's processes to C cores for each C (wrk and "
+                             "nginx get the cores above; default: all cores, shared)")
+    parser.add_argument("--shims", metavar="K[,K...]", help="with --nodes: AEYON_SHIMS for each K (default 1)")
     args = parser.parse_args(argv)
+    if (args.cores or args.shims) and not args.nodes:
+        parser.error("--cores and --shims go with --nodes")
     settings = Settings(
         duration_s=_first(args.duration, SMOKE_DURATION_S if args.smoke else DEFAULT_DURATION_S),
         connections=_first(args.connections, SMOKE_CONNECTIONS if args.smoke else DEFAULT_CONNECTIONS),
@@ -367,6 +381,9 @@ def parse_args(argv: Sequence[str] | None) -> Settings:
         rate_low=_first(args.rate_low, DEFAULT_RATE_LOW),
         rate_high=_first(args.rate_high, DEFAULT_RATE_HIGH),
         soak_s=_first(args.soak, SMOKE_SOAK_S if args.smoke else DEFAULT_SOAK_S),
+        nodes=args.nodes,
+        cores=args.cores,
+        shims=args.shims,
     )
     if settings.connections < settings.threads:
         parser.error("--connections must be at least --threads (each wrk thread needs a connection)")
@@ -1961,7 +1978,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _interrupt)
     try:
+        if settings.nodes:
+            import scale
+
+            return scale.run(sys.argv[1:] if argv is None else argv, settings, settings.nodes, settings.cores,
+                             settings.shims)
         return bench(settings)
+    except ValueError as exc:
+        print(f"bench: {exc}", file=sys.stderr)
+        return 2
     except BenchError as exc:
         print(exc, file=sys.stderr)
         return exc.status

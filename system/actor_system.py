@@ -1,8 +1,11 @@
-"""Starting, joining and leaving the Thespian actor system (multiprocTCPBase) on the admin port.
+"""Starting, joining and leaving the Thespian actor system (multiprocTCPBase) on the admin port; starting a member
+that joins a leader's convention (multi-node).
 
 Thespian's TCP transport listens on every interface, and its messages are pickles: whoever reaches an actor's
 port can run code as the orchestrator's user. In the single-node default every actor-system socket is bound to
-127.0.0.1 instead (``bind_to_loopback``), so nothing outside the host can reach them.
+127.0.0.1 instead (``bind_to_loopback``), so nothing outside the host can reach them. Several nodes on several
+hosts bind to the address of ``AEYON_NODE_ADDRESS`` instead (``bind_to``), which must then be firewalled to the
+other nodes (README.rst, "Multi-node").
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from thespian.actors import ActorSystem
 
 from system.errors import GatewayError
 from system.logs import log_defs
+from system.placement import GUARDS_CAPABILITY, LEADER, NODE_CAPABILITY
 
 BASE = "multiprocTCPBase"
 ROOT_NAME = "aeyon-orchestrator"
@@ -23,31 +27,51 @@ ROOT_CLASS = "actors.orchestrator.Orchestrator"
 
 
 LOOPBACK = "127.0.0.1"
+# How often a member re-registers with the leader; the leader takes a member that missed 3 for lost. Thespian's
+# default (7 min 22 s, so 22 minutes to notice a dead member) suits long-lived batch systems, not a request path.
+HEARTBEAT_S = 1
 
 
 def bind_to_loopback() -> None:
+    """``bind_to(LOOPBACK)``."""
+    bind_to(LOOPBACK)
+
+
+def bind_to(address: str) -> None:
     """Make every Thespian socket of this process, and of every process forked from it afterwards (the admin,
-    the logger, each actor), listen on 127.0.0.1 only.
+    the logger, each actor), listen on ``address`` only, and advertise it.
 
     ``THESPIAN_BASE_IPADDR`` alone only sets the address Thespian advertises: it still binds ``''`` (all
     interfaces). So the address class is patched to bind the advertised loopback address. Forked processes
     inherit the patched class (multiprocTCPBase forks, it does not spawn).
     """
-    os.environ["THESPIAN_BASE_IPADDR"] = LOOPBACK
+    os.environ["THESPIAN_BASE_IPADDR"] = address
     from thespian.system.transport import IPBase
 
     address_class: Any = IPBase.IPActorAddress
-    if getattr(address_class, "_aeyon_loopback", False):
+    address_class._aeyon_bind = address
+    if getattr(address_class, "_aeyon_patched", False):
         return
     original = address_class.__init__
 
     def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
         original(self, *args, **kwargs)
         if self.bindname[0] in ("", "0.0.0.0"):
-            self.bindname = (LOOPBACK, *self.bindname[1:])
+            self.bindname = (address_class._aeyon_bind, *self.bindname[1:])
 
     address_class.__init__ = __init__
-    address_class._aeyon_loopback = True
+    address_class._aeyon_patched = True
+
+
+def set_heartbeat(seconds: int) -> None:
+    """Members re-register every ``seconds``; a member silent for three is lost. Set in the process that starts
+    the admin (it forks from here), on the leader and on every member alike."""
+    from datetime import timedelta
+
+    from thespian.system.admin import convention
+
+    convention.CONVENTION_REREGISTRATION_PERIOD = timedelta(seconds=seconds)
+    convention.CONVENTION_RESTART_PERIOD = timedelta(seconds=seconds)
 
 
 def admin_listening(admin_port: int, host: str = "127.0.0.1", timeout: float = 1.0) -> bool:
@@ -57,13 +81,31 @@ def admin_listening(admin_port: int, host: str = "127.0.0.1", timeout: float = 1
     return False
 
 
-def start_system(admin_port: int, level: str = "INFO", fmt: str = "text") -> ActorSystem:
-    """Start a new admin on ``admin_port``; refuse when one already runs there (joining it would be a mistake)."""
-    if admin_listening(admin_port):
+def start_system(admin_port: int, level: str = "INFO", fmt: str = "text", node_address: str = LOOPBACK,
+                 heartbeat_s: int = HEARTBEAT_S) -> ActorSystem:
+    """Start a new admin on ``admin_port`` (the leader of its convention, should members join); refuse when one
+    already runs there (joining it would be a mistake)."""
+    if admin_listening(admin_port, node_address):
         raise GatewayError(f"AEYON_ADMIN_PORT: port {admin_port} is in use (is an orchestrator already running? "
                            f"`aeyon stop` stops it)")
-    bind_to_loopback()
-    return ActorSystem(BASE, capabilities={"Admin Port": admin_port}, logDefs=log_defs(level, fmt))
+    bind_to(node_address)
+    set_heartbeat(heartbeat_s)
+    return ActorSystem(BASE, capabilities={"Admin Port": admin_port, NODE_CAPABILITY: LEADER},
+                       logDefs=log_defs(level, fmt))
+
+
+def start_member(admin_port: int, leader: tuple[str, int], name: str, guards: str, level: str = "INFO",
+                 fmt: str = "text", node_address: str = LOOPBACK, heartbeat_s: int = HEARTBEAT_S) -> ActorSystem:
+    """Start a member's admin on ``admin_port`` that joins the convention of the leader's admin at ``leader``,
+    saying it is ``name`` and may host ``guards`` (``*``: any)."""
+    if admin_listening(admin_port, node_address):
+        raise GatewayError(f"AEYON_ADMIN_PORT: port {admin_port} is in use (a member needs an admin port of its "
+                           f"own, not the leader's)")
+    bind_to(node_address)
+    set_heartbeat(heartbeat_s)
+    capabilities = {"Admin Port": admin_port, "Convention Address.IPv4": leader, NODE_CAPABILITY: name,
+                    GUARDS_CAPABILITY: guards}
+    return ActorSystem(BASE, capabilities=capabilities, logDefs=log_defs(level, fmt))
 
 
 def join_system(admin_port: int) -> ActorSystem:

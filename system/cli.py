@@ -39,6 +39,14 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the orchestrator (configured by environment variables)")
+    serve.add_argument("--join", metavar="HOST:PORT",
+                       help="run a member that joins the leader whose actor admin is at HOST:PORT, instead of an "
+                            "orchestrator (default: $AEYON_JOIN)")
+    serve.add_argument("--guards", metavar="NAMES",
+                       help="with --join: the guards this member may host, comma-separated, or * for any "
+                            "(default: $AEYON_MEMBER_GUARDS or *)")
+    serve.add_argument("--name", help="with --join: this member's name (default: $AEYON_MEMBER_NAME or "
+                                      "member-ADMIN_PORT)")
     serve.set_defaults(run=_serve)
 
     orchestrate = sub.add_parser("orchestrate", help="call one guard through the running orchestrator")
@@ -93,7 +101,7 @@ def _serve(args: argparse.Namespace) -> int:
         from system.config import Settings
         from system.logs import configure
         from system.reload import ENV_FILE, read_env_file
-        from system.serve import serve
+        from system.serve import serve, serve_member
 
         environ = dict(os.environ)
         config_file = environ.get(ENV_FILE)
@@ -102,8 +110,15 @@ def _serve(args: argparse.Namespace) -> int:
                 environ.update(read_env_file(config_file))  # the file's values win over the environment's
             except OSError as exc:
                 raise ConfigError(f"{ENV_FILE}: cannot read {config_file}: {exc.strerror}") from None
+        # The command line wins over the environment and the file.
+        for option, variable in (("join", "AEYON_JOIN"), ("guards", "AEYON_MEMBER_GUARDS"),
+                                 ("name", "AEYON_MEMBER_NAME")):
+            if getattr(args, option, None) is not None:
+                environ[variable] = getattr(args, option)
         settings = Settings.from_env(environ)
         configure(settings.log_level, settings.log_format)
+        if settings.join is not None:
+            return serve_member(settings)
         return serve(settings, environ)
     finally:
         shutil.rmtree(metrics_dir, ignore_errors=True)

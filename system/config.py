@@ -35,6 +35,13 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8000
     admin_port: int = 1900
+    # Multi-node (README.rst, "Multi-node"): where this node's actor sockets listen, how often members check in,
+    # and, on a member (``aeyon serve --join``), the leader's admin, this member's name and the guards it may host.
+    node_address: str = "127.0.0.1"
+    heartbeat_s: int = 1
+    join: tuple[str, int] | None = None
+    member_name: str = ""
+    member_guards: str = "*"
     admin_token: str | None = None
     trusted_proxies: tuple[Network, ...] = ()
     workers_per_guard: int = 10
@@ -99,6 +106,11 @@ def _read(env: _Env) -> Settings:
         host=env.get("AEYON_HOST", _host, "127.0.0.1"),
         port=env.get("AEYON_PORT", _int_range(0, 65535), 8000),
         admin_port=env.get("AEYON_ADMIN_PORT", _int_range(1, 65535), 1900),
+        node_address=env.get("AEYON_NODE_ADDRESS", _node_address, "127.0.0.1"),
+        heartbeat_s=env.get("AEYON_HEARTBEAT", _int_range(1, 600), 1),
+        join=env.get("AEYON_JOIN", _host_port, None),
+        member_name=env.get("AEYON_MEMBER_NAME", _member_name, ""),
+        member_guards=env.get("AEYON_MEMBER_GUARDS", _member_guards, "*"),
         admin_token=env.get("AEYON_ADMIN_TOKEN", _secret, None),
         trusted_proxies=env.get("AEYON_TRUSTED_PROXIES", _networks, ()),
         workers_per_guard=env.get("AEYON_WORKERS_PER_GUARD", _int_range(1, 256), 10),
@@ -287,6 +299,34 @@ def _host(raw: str) -> str:
         return str(ipaddress.ip_address(raw))
     except ValueError:
         raise ValueError("must be an IP address to listen on, such as 127.0.0.1 or 0.0.0.0") from None
+
+
+def _node_address(raw: str) -> str:
+    address = _host(raw)
+    if address in ("0.0.0.0", "::"):
+        raise ValueError("must be one address of this host that the other nodes reach, not every interface")
+    if ":" in address:
+        raise ValueError("must be an IPv4 address (Thespian's conventions speak IPv4)")
+    return address
+
+
+def _host_port(raw: str) -> tuple[str, int]:
+    host, sep, port = raw.rpartition(":")
+    if not sep or not host:
+        raise ValueError("must be HOST:PORT, the leader's address and admin port, such as 10.0.0.5:1900")
+    return _node_address(host), _int_range(1, 65535)(port)
+
+
+def _member_name(raw: str) -> str:
+    if raw == "leader" or not SERVICE_NAME.fullmatch(raw):
+        raise ValueError("must be a name of letters, digits, '-' and '_' (not 'leader')")
+    return raw
+
+
+def _member_guards(raw: str) -> str:
+    if raw.strip() == "*":
+        return "*"
+    return ",".join(sorted(_names(raw)))
 
 
 def _secret(raw: str) -> str:

@@ -84,23 +84,34 @@ class Dispatcher:
         """The route table, by service name."""
         return self._routes
 
-    def set_routes(self, routes: Iterable[Route]) -> tuple[list[Pending], list[Pending]]:
+    def set_routes(self, routes: Iterable[Route], retiring: Iterable[Any] = ()) -> tuple[list[Pending], list[Pending]]:
         """Install a new route table. Returns the pending requests it strands, taken out of the table:
-        (those whose service is gone, those whose supervisor was replaced)."""
+        (those whose service is gone, those whose supervisor was replaced). Requests already sent to a supervisor
+        in ``retiring`` (its guard moved to another node) stay: it answers them; those not sent yet go to the
+        new supervisor."""
         old = self._routes
         self._routes = {route.service: route for route in routes}
+        retiring = tuple(retiring)
 
         def moved(service: str) -> bool:
             route = self._routes.get(service)
             return route is None or route.supervisor != old[service].supervisor
 
         for service in [s for s in old if moved(s)]:
-            self._outbox.pop(service, None)
             self._unacked.pop(service, None)
             self._gates.pop(service, None)  # a new supervisor pushes its own
+            calls = self._outbox.get(service)
+            if service in self._routes and any(old[service].supervisor == a for a in retiring):
+                unsent = {call.key for call in calls or ()}
+                for pending in self._pending.values():
+                    if pending.key in unsent:
+                        pending.supervisor = self._routes[service].supervisor
+            else:
+                self._outbox.pop(service, None)
         removed = [p for p in self._pending.values() if p.service not in self._routes]
         replaced = [p for p in self._pending.values()
-                    if p.service in self._routes and p.supervisor != self._routes[p.service].supervisor]
+                    if p.service in self._routes and p.supervisor != self._routes[p.service].supervisor
+                    and not any(p.supervisor == a for a in retiring)]
         for pending in removed + replaced:
             self._forget(pending.key)
         return removed, replaced

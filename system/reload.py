@@ -19,7 +19,9 @@ from system.config import Settings
 from system.errors import ConfigError
 
 # Settings fixed for the life of the process: changing them needs a restart.
-FIXED = {"host": "AEYON_HOST", "port": "AEYON_PORT", "admin_port": "AEYON_ADMIN_PORT", "shims": "AEYON_SHIMS"}
+FIXED = {"host": "AEYON_HOST", "port": "AEYON_PORT", "admin_port": "AEYON_ADMIN_PORT", "shims": "AEYON_SHIMS",
+         "node_address": "AEYON_NODE_ADDRESS", "heartbeat_s": "AEYON_HEARTBEAT", "join": "AEYON_JOIN",
+         "member_name": "AEYON_MEMBER_NAME", "member_guards": "AEYON_MEMBER_GUARDS"}
 ENV_FILE = "AEYON_CONFIG_FILE"
 
 

@@ -35,7 +35,7 @@ from actors.messages import (
     StartFailed,
     WatchShutdown,
 )
-from system.actor_system import root_address, start_system
+from system.actor_system import root_address, start_member, start_system
 from system.config import Settings
 from system.errors import AeyonError, ConfigError, GatewayError
 from system.reaper import reap_session
@@ -155,7 +155,8 @@ def serve(settings: Settings, environ: Mapping[str, str] | None = None) -> int:
     session_id = 0
     try:
         try:
-            asys = start_system(settings.admin_port, settings.log_level, settings.log_format)
+            asys = start_system(settings.admin_port, settings.log_level, settings.log_format,
+                                settings.node_address, settings.heartbeat_s)
         except GatewayError as exc:
             log.error("%s", exc)
             return 1
@@ -211,3 +212,80 @@ def serve(settings: Settings, environ: Mapping[str, str] | None = None) -> int:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         log.info("stopped")
+
+
+# How long a member waits for the leader to acknowledge it before it says so (it keeps trying afterwards).
+JOIN_TIMEOUT_S = 10.0
+
+
+def admin_session(parent: int) -> int:
+    """The session id of the actor system this process started: its admin is a child of ours that called
+    setsid, so its pid is the session id (0 when none is found)."""
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            if int(fields[1]) == parent and int(fields[3]) == int(entry):
+                return int(entry)
+    return 0
+
+
+def _joined(asys: ActorSystem, leader: tuple[str, int]) -> bool:
+    """True when this member's admin counts the leader among the convention's attendees (the leader answered
+    its registration)."""
+    from thespian.system.messages.status import Thespian_StatusReq
+
+    admin = asys._systemBase.adminAddr
+    status = asys.ask(admin, Thespian_StatusReq(), 2.0)
+    attendees = getattr(status, "conventionAttendees", None) or []
+    return any(getattr(getattr(member, "addressDetails", None), "sockname", None) == leader
+               for member, _valid in attendees)
+
+
+def serve_member(settings: Settings) -> int:
+    """``aeyon serve --join HOST:PORT``: run a member that lends its actor system to the leader's orchestrator
+    (the leader places guard supervisors on it, README.rst "Multi-node") until SIGTERM or SIGINT."""
+    assert settings.join is not None
+    leader = settings.join
+    name = settings.member_name or f"member-{settings.admin_port}"
+    stop_signal: list[int] = []
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop_signal.append(signum)
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    asys = None
+    session_id = 0
+    try:
+        try:
+            asys = start_member(settings.admin_port, leader, name, settings.member_guards, settings.log_level,
+                                settings.log_format, settings.node_address, settings.heartbeat_s)
+        except GatewayError as exc:
+            log.error("%s", exc)
+            return 1
+        session_id = admin_session(os.getpid())
+        deadline = time.monotonic() + JOIN_TIMEOUT_S
+        joined = False
+        while not stop_signal:
+            if not joined and _joined(asys, leader):
+                joined = True
+                log.info("member %s joined the leader at %s:%d (actor admin port %d, may host: %s, pid %d)",
+                         name, *leader, settings.admin_port, settings.member_guards, os.getpid())
+            elif not joined and deadline is not None and time.monotonic() > deadline:
+                log.warning("member %s: no answer from a leader at %s:%d yet; still trying", name, *leader)
+                deadline = None  # type: ignore[assignment]
+            time.sleep(0.1 if not joined else 0.25)
+        log.info("member %s: signal %s: leaving the convention", name, signal.Signals(stop_signal[0]).name)
+        return 0
+    finally:
+        if asys is not None:
+            asys.shutdown()  # deregisters first: the leader places this member's guards again at once
+        if session_id:
+            killed = reap_session(session_id)
+            if killed:
+                log.warning("killed %d actor processes that did not stop in time", len(killed))
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        log.info("member %s stopped", name)

@@ -84,10 +84,28 @@ class SupervisedService:
 
 @attrs.frozen
 class Topology:
-    """Root -> Router and HealthMonitor: the current supervisors and entries."""
+    """Root -> Router and HealthMonitor: the current supervisors and entries, and the supervisors that a guard
+    moved away from (to another node) and that still answer the calls they took (``retiring``)."""
 
     services: tuple[SupervisedService, ...]
     entries: tuple[Any, ...]
+    retiring: tuple[Any, ...] = ()
+
+
+@attrs.frozen
+class Retire:
+    """Root -> guard supervisor: your guard moved to another node; once each of ``entries`` has said it sends you
+    nothing more (``EntrySwitched``) and you have answered what you took, stop."""
+
+    entries: tuple[Any, ...] = ()
+
+
+@attrs.frozen
+class EntrySwitched:
+    """Entry -> retiring guard supervisor: my route table (of this ``version``) has the new supervisor; no call of
+    mine follows this."""
+
+    version: int
 
 
 @attrs.frozen
@@ -154,10 +172,12 @@ class RegistryChanged:
 
 @attrs.frozen
 class RoutesChanged:
-    """Router -> entries: the whole route table; ``version`` grows with every change."""
+    """Router -> entries: the whole route table; ``version`` grows with every change. Requests already sent to a
+    ``retiring`` supervisor stay pending: it answers them."""
 
     version: int
     routes: tuple[Any, ...]
+    retiring: tuple[Any, ...] = ()
 
 
 @attrs.frozen

@@ -196,3 +196,71 @@ def running(env: Mapping[str, str], log_path: Path, *, ready: bool = True) -> It
         yield orch
     finally:
         orch.stop()
+
+
+class Member:
+    """A running ``aeyon serve --join`` process: a member lending its actor system to a leader (multi-node)."""
+
+    def __init__(self, leader: Orchestrator, name: str, guards: str, log_path: Path):
+        self.name = name
+        self.admin_port = free_port()
+        self.tag = uuid.uuid4().hex
+        self.env = clean_env({"AEYON_ADMIN_PORT": str(self.admin_port), "AEYON_TEST_TAG": self.tag})
+        self.log_path = log_path
+        self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "system.cli", "serve", "--join", f"127.0.0.1:{leader.admin_port}",
+             "--guards", guards, "--name", name],
+            env=self.env, cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+    def wait_joined(self, timeout: float = START_TIMEOUT_S) -> None:
+        """Wait until the member says the leader acknowledged it."""
+
+        def joined() -> bool:
+            if self.process.poll() is not None:
+                raise AssertionError(f"the member exited with {self.process.returncode}:\n{self.log()}")
+            return f"member {self.name} joined the leader" in self.log()
+
+        wait_for(joined, timeout, f"member {self.name} to join", interval=0.05)
+
+    def log(self) -> str:
+        """What the process printed so far."""
+        if not self._log.closed:
+            self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def pids(self) -> list[int]:
+        """Every live process of this member (its serve process, admin, logger and actors)."""
+        return tagged_pids(self.tag)
+
+    def kill(self) -> None:
+        """SIGKILL every process of the member at once, as a machine that loses power would."""
+        for pid in self.pids():
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(STOP_TIMEOUT_S)
+
+    def stop(self) -> int | None:
+        """SIGTERM (it leaves the convention) and return its exit status (None if it was killed); raise
+        AssertionError if any of its processes is left afterwards (and kill them)."""
+        try:
+            if self.process.poll() is None:
+                self.process.send_signal(signal.SIGTERM)
+            try:
+                code: int | None = self.process.wait(STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                code = self.process.wait()
+            with contextlib.suppress(AssertionError):
+                wait_for(lambda: not self.pids(), 5.0, "the member's processes to exit", interval=0.05)
+            leftovers = self.pids()
+            if leftovers:
+                described = [f"{pid} {_cmdline(pid)}" for pid in leftovers]
+                for pid in leftovers:
+                    with contextlib.suppress(OSError):
+                        os.kill(pid, signal.SIGKILL)
+                raise AssertionError(f"processes of member {self.name} left behind: {described}")
+            return code if code is not None and code >= 0 else None
+        finally:
+            self._log.close()

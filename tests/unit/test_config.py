@@ -9,6 +9,7 @@ import pytest
 
 from system.config import Settings, check_guard_url, describe
 from system.errors import ConfigError
+from system.reload import reconfigured
 from system.routing import SERVICE_TYPES
 
 GUARD_VARS = [(t.name, t.env_var) for t in SERVICE_TYPES.values()]
@@ -140,6 +141,80 @@ def test_aeyon_host_takes_ip_addresses_and_localhost(raw, expected):
     assert Settings.from_env({"AEYON_HOST": raw}).host == expected
 
 
+
+def test_multi_node_settings_default_to_a_single_node():
+    settings = Settings.from_env({})
+    assert settings.node_address == "127.0.0.1"
+    assert settings.heartbeat_s == 1
+    assert settings.join is None
+    assert settings.member_name == ""
+    assert settings.member_guards == "*"
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [("127.0.0.1:1900", ("127.0.0.1", 1900)), ("10.0.0.5:1", ("10.0.0.5", 1)),
+     (" 10.0.0.5:65535 ", ("10.0.0.5", 65535)), ("localhost:1900", ("127.0.0.1", 1900))],
+)
+def test_aeyon_join_is_the_leaders_ipv4_address_and_admin_port(raw, expected):
+    assert Settings.from_env({"AEYON_JOIN": raw}).join == expected
+
+
+@pytest.mark.parametrize(("raw", "expected"), [("10.0.0.7", "10.0.0.7"), ("localhost", "127.0.0.1")])
+def test_aeyon_node_address_takes_one_ipv4_address(raw, expected):
+    assert Settings.from_env({"AEYON_NODE_ADDRESS": raw}).node_address == expected
+
+
+@pytest.mark.parametrize(("raw", "expected"), [("1", 1), ("600", 600), (" 30 ", 30)])
+def test_aeyon_heartbeat_is_whole_seconds_from_1_to_600(raw, expected):
+    assert Settings.from_env({"AEYON_HEARTBEAT": raw}).heartbeat_s == expected
+
+
+@pytest.mark.parametrize("raw", ["node-1", "gpu_box", "m", "leader2", "n" * 64])
+def test_aeyon_member_name_takes_service_like_names(raw):
+    assert Settings.from_env({"AEYON_MEMBER_NAME": raw}).member_name == raw
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [("*", "*"), (" * ", "*"), ("trustguard, tokenguard", "tokenguard,trustguard"),
+     ("tokenguard,tokenguard,", "tokenguard"), ("biasguard", "biasguard")],
+)
+def test_aeyon_member_guards_is_any_or_a_sorted_list_of_names(raw, expected):
+    assert Settings.from_env({"AEYON_MEMBER_GUARDS": raw}).member_guards == expected
+
+
+def test_aeyon_join_refusal_says_what_is_expected():
+    with pytest.raises(ConfigError, match=r"^AEYON_JOIN: must be HOST:PORT"):
+        Settings.from_env({"AEYON_JOIN": "1900"})
+    with pytest.raises(ConfigError, match=r"^AEYON_JOIN: .*IPv4"):
+        Settings.from_env({"AEYON_JOIN": "::1:1900"})
+    with pytest.raises(ConfigError, match=r"^AEYON_JOIN: .*not every interface"):
+        Settings.from_env({"AEYON_JOIN": "0.0.0.0:1900"})
+
+
+@pytest.mark.parametrize(
+    ("var", "value"),
+    [("AEYON_JOIN", "10.0.0.9:1900"), ("AEYON_NODE_ADDRESS", "10.0.0.9"), ("AEYON_HEARTBEAT", "5"),
+     ("AEYON_MEMBER_NAME", "node-2"), ("AEYON_MEMBER_GUARDS", "tokenguard")],
+)
+def test_multi_node_settings_cannot_change_while_running(var, value):
+    start = {"AEYON_JOIN": "10.0.0.5:1900", "AEYON_NODE_ADDRESS": "10.0.0.6", "AEYON_MEMBER_NAME": "node-1"}
+    current = Settings.from_env(start)
+    with pytest.raises(ConfigError, match=rf"^{var}: cannot change while running"):
+        reconfigured(start, {}, {var: value}, current)
+    # The value it started with (or, for one it started without, unset again) is accepted.
+    same, _ = reconfigured(start, {}, {var: start.get(var, "")}, current)
+    assert same == current
+
+
+def test_joining_or_leaving_a_convention_cannot_happen_while_running():
+    member = {"AEYON_JOIN": "10.0.0.5:1900", "AEYON_NODE_ADDRESS": "10.0.0.6"}
+    with pytest.raises(ConfigError, match=r"^AEYON_JOIN: cannot change while running"):
+        reconfigured(member, {}, {"AEYON_JOIN": ""}, Settings.from_env(member))  # a member would leave
+    with pytest.raises(ConfigError, match=r"^AEYON_JOIN: cannot change while running"):
+        reconfigured({}, {}, {"AEYON_JOIN": "10.0.0.5:1900"}, Settings())  # a lone node would join
+
 BAD_VALUES = [
     *[(var, "ftp://guard:21") for _, var in GUARD_VARS],
     *[(var, "http://") for _, var in GUARD_VARS],
@@ -185,6 +260,36 @@ BAD_VALUES = [
     ("AEYON_SHIMS", "65"),
     ("AEYON_LOG_FORMAT", "xml"),
     ("AEYON_LOG_LEVEL", "TRACE"),
+    ("AEYON_JOIN", "1900"),
+    ("AEYON_JOIN", ":1900"),
+    ("AEYON_JOIN", "127.0.0.1:"),
+    ("AEYON_JOIN", "127.0.0.1:0"),
+    ("AEYON_JOIN", "127.0.0.1:99999"),
+    ("AEYON_JOIN", "127.0.0.1:port"),
+    ("AEYON_JOIN", "host:99999"),
+    ("AEYON_JOIN", "leader.internal:1900"),
+    ("AEYON_JOIN", "0.0.0.0:1900"),
+    ("AEYON_JOIN", "::1:1900"),
+    ("AEYON_JOIN", "[::1]:1900"),
+    ("AEYON_NODE_ADDRESS", "0.0.0.0"),
+    ("AEYON_NODE_ADDRESS", "::"),
+    ("AEYON_NODE_ADDRESS", "::1"),
+    ("AEYON_NODE_ADDRESS", "2001:db8::5"),
+    ("AEYON_NODE_ADDRESS", "node.internal"),
+    ("AEYON_NODE_ADDRESS", "10.0.0.5:1900"),
+    ("AEYON_HEARTBEAT", "0"),
+    ("AEYON_HEARTBEAT", "601"),
+    ("AEYON_HEARTBEAT", "1.5"),
+    ("AEYON_HEARTBEAT", "often"),
+    ("AEYON_MEMBER_NAME", "leader"),
+    ("AEYON_MEMBER_NAME", "Node1"),
+    ("AEYON_MEMBER_NAME", "-node"),
+    ("AEYON_MEMBER_NAME", "node 1"),
+    ("AEYON_MEMBER_NAME", "node.1"),
+    ("AEYON_MEMBER_NAME", "n" * 65),
+    ("AEYON_MEMBER_GUARDS", "TokenGuard"),
+    ("AEYON_MEMBER_GUARDS", "tokenguard, bad name"),
+    ("AEYON_MEMBER_GUARDS", "tokenguard,*"),
 ]
 
 

@@ -365,6 +365,138 @@ def test_a_moved_service_sends_to_its_new_supervisor_without_waiting_for_old_cre
     assert [c.key for c in batch.calls] == [fresh.key]
 
 
+# -- route changes for a guard that moved to another node (``retiring``) ----------------------------------------
+
+
+def sent_and_waiting(dispatcher: Dispatcher, service: str = "a") -> tuple[Any, Any, CallBatch]:
+    """One request sent to the service's supervisor (its batch unacknowledged) and one waiting for the credit."""
+    sent = dispatcher.submit(request(service, "req-sent"), "o-sent")
+    [(_, batch)] = dispatcher.batches()
+    waiting = dispatcher.submit(request(service, "req-waiting"), "o-waiting")
+    assert dispatcher.batches() == []
+    return sent, waiting, batch
+
+
+def test_a_retiring_supervisor_keeps_what_it_took_and_the_unsent_calls_go_to_the_new_one():
+    dispatcher, _ = make(route("a", "sup-old"), route("b", "sup-b"))
+    sent, waiting, _ = sent_and_waiting(dispatcher)
+    assert dispatcher.set_routes([route("a", "sup-new"), route("b", "sup-b")], retiring=["sup-old"]) == ([], [])
+    assert dispatcher.in_flight == 2
+    sent_now, waiting_now = dispatcher.pending(sent.key), dispatcher.pending(waiting.key)
+    assert sent_now is not None and sent_now.supervisor == "sup-old"  # the old supervisor answers it
+    assert waiting_now is not None and waiting_now.supervisor == "sup-new"
+    # The waiting call leaves at once (no wait for the old supervisor's credit), to the new supervisor, once.
+    [(supervisor, batch)] = dispatcher.batches()
+    assert (supervisor, batch.service, [c.key for c in batch.calls]) == ("sup-new", "a", [waiting.key])
+    assert dispatcher.batches() == []
+    # The old supervisor's answer still finds its request.
+    assert dispatcher.finish(sent.key) is sent
+    assert dispatcher.finish(waiting.key) is waiting
+    assert dispatcher.in_flight == 0
+
+
+def test_after_a_retiring_switch_new_requests_go_to_the_new_supervisor_and_old_credit_does_not_count():
+    dispatcher, _ = make(route("a", "sup-old"))
+    _, waiting, old_batch = sent_and_waiting(dispatcher)
+    dispatcher.set_routes([route("a", "sup-new")], retiring=["sup-old"])
+    [(_, new_batch)] = dispatcher.batches()
+    fresh = dispatcher.submit(request("a", "req-fresh"), None)
+    assert fresh.supervisor == "sup-new"
+    dispatcher.accepted("a", old_batch.batch_id)  # the retiring supervisor's late credit
+    assert dispatcher.batches() == []
+    dispatcher.accepted("a", new_batch.batch_id)
+    [(supervisor, batch)] = dispatcher.batches()
+    assert (supervisor, [c.key for c in batch.calls]) == ("sup-new", [fresh.key])
+    assert waiting.key not in [c.key for c in batch.calls]
+
+
+def test_a_later_table_without_the_retiring_supervisor_returns_what_it_still_holds_as_replaced():
+    dispatcher, _ = make(route("a", "sup-old"))
+    sent, waiting, _ = sent_and_waiting(dispatcher)
+    dispatcher.set_routes([route("a", "sup-new")], retiring=["sup-old"])
+    dispatcher.batches()
+    # Still retiring: a table with the same routes keeps it pending.
+    assert dispatcher.set_routes([route("a", "sup-new")], retiring=["sup-old"]) == ([], [])
+    assert dispatcher.in_flight == 2
+    # No longer retiring (it exited without answering): it is handed back; the one sent to the new one stays.
+    assert dispatcher.set_routes([route("a", "sup-new")]) == ([], [sent])
+    assert dispatcher.finish(sent.key) is None
+    assert dispatcher.pending(waiting.key) is waiting
+    assert dispatcher.in_flight == 1
+
+
+def test_a_supervisor_not_in_retiring_strands_both_sent_and_unsent_requests():
+    dispatcher, _ = make(route("a", "sup-old"))
+    sent, waiting, _ = sent_and_waiting(dispatcher)
+    # Another supervisor retiring does not keep this one's requests.
+    assert dispatcher.set_routes([route("a", "sup-new")], retiring=["sup-elsewhere"]) == ([], [sent, waiting])
+    assert dispatcher.in_flight == 0
+    assert dispatcher.batches() == []  # the unsent call was handed back, not sent to the new supervisor
+    assert dispatcher.finish(sent.key) is None
+    assert dispatcher.finish(waiting.key) is None
+
+
+def test_retiring_keeps_only_the_moved_guards_requests_when_several_change_at_once():
+    dispatcher, _ = make(route("a", "sup-a"), route("b", "sup-b"))
+    a_sent = dispatcher.submit(request("a"), None)
+    b_sent = dispatcher.submit(request("b"), None)
+    assert len(dispatcher.batches()) == 2
+    a_waiting = dispatcher.submit(request("a"), None)
+    b_waiting = dispatcher.submit(request("b"), None)
+    removed, replaced = dispatcher.set_routes([route("a", "sup-a2"), route("b", "sup-b2")], retiring=["sup-a"])
+    assert removed == []
+    assert sorted(p.key for p in replaced) == [b_sent.key, b_waiting.key]
+    assert dispatcher.pending(a_sent.key) is a_sent
+    [(supervisor, batch)] = dispatcher.batches()
+    assert (supervisor, batch.service, [c.key for c in batch.calls]) == ("sup-a2", "a", [a_waiting.key])
+
+
+def test_a_retiring_supervisor_whose_service_is_gone_strands_its_requests_as_removed():
+    dispatcher, _ = make(route("a", "sup-old"), route("b", "sup-b"))
+    sent, waiting, _ = sent_and_waiting(dispatcher)
+    removed, replaced = dispatcher.set_routes([route("b", "sup-b")], retiring=["sup-old"])
+    assert (sorted(p.key for p in removed), replaced) == ([sent.key, waiting.key], [])
+    assert dispatcher.in_flight == 0
+    assert dispatcher.batches() == []
+
+
+def test_unsent_calls_already_answered_are_not_sent_to_the_new_supervisor():
+    dispatcher, clocks = make(route("a", "sup-old"))
+    dispatcher.submit(request("a", timeout=60), None)
+    dispatcher.batches()
+    expiring = dispatcher.submit(request("a", timeout=1), None)
+    kept = dispatcher.submit(request("a", timeout=60), None)
+    clocks.advance(1)
+    assert dispatcher.expired() == [expiring]
+    dispatcher.set_routes([route("a", "sup-new")], retiring=["sup-old"])
+    [(supervisor, batch)] = dispatcher.batches()
+    assert (supervisor, [c.key for c in batch.calls]) == ("sup-new", [kept.key])
+
+
+def test_a_guard_moving_twice_keeps_requests_of_both_retiring_supervisors():
+    dispatcher, _ = make(route("a", "sup-1"))
+    first, _, _ = sent_and_waiting(dispatcher)
+    dispatcher.set_routes([route("a", "sup-2")], retiring=["sup-1"])
+    [(supervisor, _)] = dispatcher.batches()
+    assert supervisor == "sup-2"
+    second = dispatcher.submit(request("a", "req-2"), None)  # waits for sup-2's credit
+    assert dispatcher.set_routes([route("a", "sup-3")], retiring=["sup-1", "sup-2"]) == ([], [])
+    assert dispatcher.in_flight == 3
+    [(supervisor, batch)] = dispatcher.batches()
+    assert (supervisor, [c.key for c in batch.calls]) == ("sup-3", [second.key])
+    # sup-1 is gone for good; what it held is handed back, sup-2's is kept.
+    _, replaced = dispatcher.set_routes([route("a", "sup-3")], retiring=["sup-2"])
+    assert [p.key for p in replaced] == [first.key]
+    assert dispatcher.in_flight == 2
+
+
+def test_a_retiring_switch_clears_the_gate_the_old_supervisor_pushed():
+    dispatcher, _ = make(route("a", "sup-old"))
+    dispatcher.set_gate("a", "service_unavailable", "unhealthy")
+    dispatcher.set_routes([route("a", "sup-new")], retiring=["sup-old"])
+    assert dispatcher.submit(request("a"), "o1").supervisor == "sup-new"
+
+
 def test_a_removed_service_is_unknown_afterwards():
     dispatcher, _ = make()
     dispatcher.set_routes([route("a")])
