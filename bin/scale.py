@@ -210,6 +210,9 @@ def measure_config(wrk: str, nginx: str, settings: bench.Settings, cores: int, s
         after = [bench.cpu_seconds(leader.pids()), bench.cpu_seconds(p for m in members for p in m.pids())]
         figures = bench.parse_wrk(output)
         done = figures["requests"] or 1
+        if figures["non_2xx"] or any(figures["socket_errors"].values()) or figures["requests"] < 100:
+            for node in [leader, *members]:
+                problems.append(f"{label}: the tail of {node.log_path.name}:\n{bench.log_tail(node.log_path, 15)}")
         return ScaleRun(
             cores=cores, shims=shims, nodes=nodes, shared=shared,
             requests_per_s=figures["requests_per_s"], p50_ms=figures["p50_ms"], p99_ms=figures["p99_ms"],
@@ -217,8 +220,10 @@ def measure_config(wrk: str, nginx: str, settings: bench.Settings, cores: int, s
             cpu_ms_leader=round((after[0] - before[0]) * 1000 / done, 3),
             cpu_ms_members=round((after[1] - before[1]) * 1000 / done, 3) if members else None,
             placement=_placement(port),
-            answers=", ".join(f"{key} {count}" for key, count in figures["statuses"].items()
-                              if not key.startswith("2")) if figures.get("statuses") else "")
+            answers=", ".join([f"{key} {count}" for key, count in figures["statuses"].items()
+                               if not key.startswith("2")]
+                              + [f"socket {kind} {count}" for kind, count in figures["socket_errors"].items()
+                                 if count]))
 
 
 def _ints(text: str) -> list[int]:
@@ -272,7 +277,7 @@ def run(argv: Sequence[str], settings: bench.Settings, nodes_text: str, cores_te
     print("\n".join(lines))
     for r in runs:
         if r.answers:
-            lines.append(f"{r.cores} cores, {r.shims} shims, {r.nodes} nodes: answers other than 200: {r.answers}")
+            lines.append(f"{r.cores} cores, {r.shims} shims, {r.nodes} nodes: errors: {r.answers}")
     for problem in problems:
         print(f"problem: {problem}", file=sys.stderr)
     if settings.json_path:
