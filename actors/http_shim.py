@@ -25,10 +25,12 @@ from actors.messages import (
     EventsInterest,
     EventsReplayed,
     Orchestrate,
+    OrchestrateBatch,
     OrchestrationResult,
     PublishBatch,
     ReplayEvents,
     RepliesBatch,
+    ResultsBatch,
     RoutesChanged,
     Subscribe,
     Subscribed,
@@ -69,6 +71,16 @@ SWEEP_INTERVAL_S = 1.0
 KEEPALIVE_S = 15.0
 
 
+class Batched:
+    """The origin of a request that came in an ``OrchestrateBatch``: its answer joins the caller's next
+    ``ResultsBatch``."""
+
+    __slots__ = ("address",)
+
+    def __init__(self, address: Any):
+        self.address = address
+
+
 class HttpShim(ShimOps, AeyonActor):
     """See the module docstring."""
 
@@ -92,7 +104,8 @@ class HttpShim(ShimOps, AeyonActor):
         self.timer_at: float | None = None
         self.next_sweep = 0.0
         self.counters = {"requests": 0, "answered": 0, "timeouts": 0, "errors": 0, "cancelled": 0, "batches": 0,
-                         "batched_calls": 0}
+                         "batched_calls": 0, "result_batches": 0, "batched_results": 0,
+                         "call_batches": 0, "batched_orchestrates": 0, "largest_call_batch": 0}
         self.conn_keys: dict[int, int] = {}
         self.sse: dict[int, SseClient] = {}
         self.sse_subscription: frozenset[str] = frozenset()
@@ -100,6 +113,8 @@ class HttpShim(ShimOps, AeyonActor):
         self.edge: Edge | None = None
         self.violations: list[tuple[str, str, str]] = []
         self.identifier_labels = metrics.IdentifierLabels()
+        # Answers for batched callers (the Python gateway), sent as one ResultsBatch per caller after each message.
+        self.results_out: list[tuple[Any, list[OrchestrationResult]]] = []
 
     # -- the actor's loop --------------------------------------------------------------------------------------
 
@@ -117,7 +132,8 @@ class HttpShim(ShimOps, AeyonActor):
         return ThespianWatch([self.server.fileno()])
 
     def _after(self) -> None:
-        """Work common to every message: pipelined requests, batches to send, events, the timer."""
+        """Work common to every message: pipelined requests, batches to send, answers to batched callers,
+        events, the timer."""
         if self.server is not None:
             ready = self.server.take_ready()
             while ready:
@@ -143,6 +159,12 @@ class HttpShim(ShimOps, AeyonActor):
                         routing.observe(now - pending.started)
                 self.send(supervisor, batch)
             metrics.IN_FLIGHT.set(self.dispatcher.in_flight)
+        if self.results_out:
+            for address, results in self.results_out:
+                self.counters["result_batches"] += 1
+                self.counters["batched_results"] += len(results)
+                self.send(address, ResultsBatch(tuple(results)))
+            self.results_out = []
         if self.events and self.peers is not None:
             self.send(self.peers.event_bus, PublishBatch(tuple(self.events)))
             self.events = []
@@ -334,8 +356,8 @@ class HttpShim(ShimOps, AeyonActor):
             body = success_body(pending.request_id, pending.service, raw, duration_ms)
             self._respond(pending.origin, 200, response_headers(pending.request_id), body)
         else:
-            self.send(pending.origin, OrchestrationResult(pending.request_id, pending.service, "success",
-                                                          result=json.loads(raw), duration_ms=duration_ms))
+            self._send_result(pending.origin, OrchestrationResult(pending.request_id, pending.service, "success",
+                                                                  result=json.loads(raw), duration_ms=duration_ms))
 
     def _answer_error(self, pending: Pending, code: str, message: str, guard_status: int = 0,
                       raw_detail: bytes | None = None, retry_after: int | None = None) -> None:
@@ -354,14 +376,14 @@ class HttpShim(ShimOps, AeyonActor):
             body = degraded_body(pending.request_id, pending.service, code, message, duration_ms)
             self._respond(pending.origin, 200, response_headers(pending.request_id), body)
         elif degrade:
-            self.send(pending.origin, OrchestrationResult(
+            self._send_result(pending.origin, OrchestrationResult(
                 pending.request_id, pending.service, "success", error_code=code, error_message=message,
                 duration_ms=duration_ms, degraded=True))
         elif isinstance(pending.origin, int):
             body = error_body(pending.request_id, pending.service, code, message, raw_detail)
             self._respond(pending.origin, status, response_headers(pending.request_id, code, retry_after), body)
         else:
-            self.send(pending.origin, OrchestrationResult(
+            self._send_result(pending.origin, OrchestrationResult(
                 pending.request_id, pending.service, "error", error_code=code, error_message=message,
                 error_detail=json.loads(raw_detail) if raw_detail else None, duration_ms=duration_ms,
                 http_status=status, retry_after=retry_after))
@@ -597,7 +619,29 @@ class HttpShim(ShimOps, AeyonActor):
 
     # -- the actor protocol's entry ----------------------------------------------------------------------------
 
+    def receiveMsg_OrchestrateBatch(self, message: OrchestrateBatch, sender: Any) -> None:
+        origin = Batched(sender)
+        self.counters["call_batches"] += 1
+        self.counters["batched_orchestrates"] += len(message.calls)
+        self.counters["largest_call_batch"] = max(self.counters["largest_call_batch"], len(message.calls))
+        for call in message.calls:
+            self._orchestrate(call, origin)
+
     def receiveMsg_Orchestrate(self, message: Orchestrate, sender: Any) -> None:
+        self._orchestrate(message, sender)
+
+    def _send_result(self, origin: Any, result: OrchestrationResult) -> None:
+        """Answer an actor-system caller: at once, or (a batched caller) in its next ResultsBatch."""
+        if not isinstance(origin, Batched):
+            self.send(origin, result)
+            return
+        for address, results in self.results_out:
+            if address == origin.address:
+                results.append(result)
+                return
+        self.results_out.append((origin.address, [result]))
+
+    def _orchestrate(self, message: Orchestrate, sender: Any) -> None:
         assert self.dispatcher is not None
         try:
             if not self.accepting:
@@ -616,17 +660,17 @@ class HttpShim(ShimOps, AeyonActor):
             route = self.dispatcher.routes.get(exc.service or "")
             if route is not None and route.failure_policy == FAIL_OPEN and exc.code in DEGRADABLE_CODES:
                 metrics.REQUESTS.labels(route.service, "degraded").inc()
-                self.send(sender, OrchestrationResult(exc.request_id or new_request_id(), route.service, "success",
-                                                      error_code=exc.code, error_message=exc.message,
-                                                      degraded=True))
+                self._send_result(sender, OrchestrationResult(
+                    exc.request_id or new_request_id(), route.service, "success", error_code=exc.code,
+                    error_message=exc.message, degraded=True))
                 return
             metrics.REQUESTS.labels(self._service_label(exc.service), exc.code).inc()
             # The caller matches the answer by the id it sent, even when that id is not a valid one.
             request_id = message.request_id if isinstance(message.request_id, str) else None
             service = message.service if isinstance(message.service, str) else None
-            self.send(sender, OrchestrationResult(request_id or exc.request_id or new_request_id(), service, "error",
-                                                  error_code=exc.code, error_message=exc.message,
-                                                  http_status=exc.http_status, retry_after=exc.retry_after))
+            self._send_result(sender, OrchestrationResult(
+                request_id or exc.request_id or new_request_id(), service, "error", error_code=exc.code,
+                error_message=exc.message, http_status=exc.http_status, retry_after=exc.retry_after))
 
     def state(self) -> dict[str, Any]:
         """For inspection."""

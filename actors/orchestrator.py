@@ -36,10 +36,12 @@ from actors.messages import (
     EntryDescribed,
     ListServices,
     Orchestrate,
+    OrchestrateBatch,
     OrchestrationResult,
     RegisterService,
     RegistryChanged,
     ReplayEvents,
+    ResultsBatch,
     ServiceList,
     ShutdownRequested,
     Start,
@@ -471,6 +473,15 @@ class Orchestrator(AeyonActor):
             self.send(sender, OrchestrationResult(
                 message.request_id or "", message.service, "error", error_code="service_unavailable",
                 error_message="the orchestrator is not started", http_status=503, retry_after=1))
+            return
+        self.send(self._entry(), Relay(message, sender))
+
+    def receiveMsg_OrchestrateBatch(self, message: OrchestrateBatch, sender: Any) -> None:
+        if not self.started:
+            self.send(sender, ResultsBatch(tuple(OrchestrationResult(
+                call.request_id or "", call.service, "error", error_code="service_unavailable",
+                error_message="the orchestrator is not started", http_status=503, retry_after=1)
+                for call in message.calls)))
             return
         self.send(self._entry(), Relay(message, sender))
 

@@ -88,7 +88,9 @@ from actors.messages.health import (
 )
 from actors.messages.public import (
     Orchestrate,
+    OrchestrateBatch,
     OrchestrationResult,
+    ResultsBatch,
 )
 
 __all__ = [
@@ -125,6 +127,7 @@ __all__ = [
     "HealthReport",
     "ListServices",
     "Orchestrate",
+    "OrchestrateBatch",
     "OrchestrationResult",
     "Peers",
     "Publish",
@@ -141,6 +144,7 @@ __all__ = [
     "ReplayEvents",
     "RepliesBatch",
     "RestoreRegistry",
+    "ResultsBatch",
     "Retire",
     "Route",
     "RoutesChanged",

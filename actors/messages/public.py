@@ -42,3 +42,18 @@ class OrchestrationResult:
     def ok(self) -> bool:
         """True when the guard answered and its answer is in ``result``."""
         return self.status == "success"
+
+
+@attrs.frozen
+class OrchestrateBatch:
+    """Several ``Orchestrate`` calls in one message (the Python gateway sends those its threads made meanwhile);
+    each is answered once, in ``ResultsBatch`` messages to the sender."""
+
+    calls: tuple[Orchestrate, ...]
+
+
+@attrs.frozen
+class ResultsBatch:
+    """The answers to calls of one or more ``OrchestrateBatch`` messages, in one message."""
+
+    results: tuple[OrchestrationResult, ...]
