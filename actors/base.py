@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import gc
 import logging
 import multiprocessing
 import os
@@ -101,3 +102,6 @@ def _own_process(name: str) -> None:
     import urllib3.connectionpool
 
     logs.level_inherited_loggers(urllib3.connectionpool.log, logging.root)
+    # What this process inherited and has built so far stays out of the collector's reach: its children (forked
+    # from here) then share those pages instead of copying them when a collection walks the objects.
+    gc.freeze()
