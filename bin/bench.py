@@ -146,6 +146,7 @@ OPEN_DRAIN_S = 5.0  # how long an open-loop run waits for answers after its last
 GATEWAY_THREADS = 16
 GATEWAY_GRACE_S = 60.0  # how long the gateway's process may overrun its duration before it is killed
 IDLE_S = 3.0  # the six-guard orchestrator idles this long after it is ready before its memory is read
+SOAK_GROWERS = 5  # the soak names this many of the actors whose memory grew most
 SOAK_WARMUP_S = 10  # the soak's unreported start, after which its first memory figure is read ...
 SMOKE_SOAK_WARMUP_S = 1  # ... with --smoke
 READY_POLL_S = 0.02  # how often GET /ready is tried while an orchestrator starts
@@ -1409,6 +1410,8 @@ class Soak:
     run: OpenRun
     pss_start_kb: int
     pss_end_kb: int
+    # The actors whose PSS grew most over the soak: (actor, kB at the start, kB at the end).
+    growers: list[tuple[str, int, int]] = field(default_factory=list)
 
     @property
     def growth_pct(self) -> float | None:
@@ -1419,7 +1422,8 @@ class Soak:
         """The memory figures and the runs' names (the runs themselves are in "open_loop")."""
         return {"rate": self.rate, "warmup_run": self.warmup.name, "run": self.run.name,
                 "pss_start_mb": round(_mb(self.pss_start_kb), 2), "pss_end_mb": round(_mb(self.pss_end_kb), 2),
-                "growth_pct": _rounded(self.growth_pct, 3)}
+                "growth_pct": _rounded(self.growth_pct, 3),
+                "growers": [{"actor": name, "start_kb": start, "end_kb": end} for name, start, end in self.growers]}
 
 
 def measure_soak(settings: Settings, orch: Orchestrator, shim_requests_per_s: float) -> Soak:
@@ -1429,10 +1433,31 @@ def measure_soak(settings: Settings, orch: Orchestrator, shim_requests_per_s: fl
     warmup = measure_open_loop("soak-warmup", f"soak warm-up, {rate}/s", orch.http_port, SHIM_PATH, SHIM_BODY, rate,
                                settings.soak_warmup_s, orch.pids, SHIM_CPU_OF)
     start_kb, _ = pss_kb(orch.pids())
+    start = pss_by_actor(orch)
     run = measure_open_loop("soak", f"soak, {rate}/s", orch.http_port, SHIM_PATH, SHIM_BODY, rate, settings.soak_s,
                             orch.pids, SHIM_CPU_OF)
     end_kb, _ = pss_kb(orch.pids())
-    return Soak(rate, warmup, run, start_kb, end_kb)
+    end = pss_by_actor(orch)
+    growers = sorted(((name, start.get(name, 0), kb) for name, kb in end.items()),
+                     key=lambda row: row[1] - row[2])[:SOAK_GROWERS]
+    return Soak(rate, warmup, run, start_kb, end_kb, growers)
+
+
+def pss_by_actor(orch: Orchestrator) -> dict[str, int]:
+    """The PSS (kB) of each process of the orchestrator, by its actor's path in ``GET /v1/actors`` (processes that
+    are no actor, such as Thespian's admin, by their pid)."""
+    names: dict[int, str] = {}
+    with contextlib.suppress(OSError, http.client.HTTPException, ValueError, KeyError):
+        status, raw = http_call(orch.http_port, "GET", "/v1/actors", timeout=5.0)
+        if status == 200:
+            def walk(node: dict[str, Any], path: str) -> None:
+                here = f"{path}/{node['name']}" if path else node["name"]
+                if node.get("pid"):
+                    names[node["pid"]] = here
+                for child in node.get("children", []):
+                    walk(child, here)
+            walk(json.loads(raw), "")
+    return {names.get(pid, f"pid {pid}"): pss_kb([pid])[0] for pid in orch.pids()}
 
 
 # ----------------------------------------------------------------------------------------------------------- faults
@@ -1816,6 +1841,8 @@ def _other_lines(settings: Settings, figures: Figures) -> list[str]:
                      f"{settings.soak_warmup_s} s warm-up then {settings.soak_s} s: PSS {_mb(soak.pss_start_kb):.1f} "
                      f"-> {_mb(soak.pss_end_kb):.1f} MB ({_amount(soak.growth_pct, '%')}); p99 "
                      f"{_ms(soak.run.result.p99_ms)} ms, {soak.run.errors} errors")
+        lines.append("soak: most grown (PSS kB, start -> end): " + ", ".join(
+            f"{name} {start:,} -> {end:,}" for name, start, end in soak.growers))
     return lines
 
 

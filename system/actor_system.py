@@ -149,29 +149,27 @@ def start_system(admin_port: int, level: str = "INFO", fmt: str = "text", node_a
                  heartbeat_s: int = HEARTBEAT_S) -> ActorSystem:
     """Start a new admin on ``admin_port`` (the leader of its convention, should members join); refuse when one
     already runs there (joining it would be a mistake)."""
-    if admin_listening(admin_port, node_address):
-        raise GatewayError(f"AEYON_ADMIN_PORT: port {admin_port} is in use (is an orchestrator already running? "
-                           f"`aeyon stop` stops it)")
-    bind_to(node_address)
-    set_heartbeat(heartbeat_s)
-    tune_transport()
-    return ActorSystem(BASE, capabilities={"Admin Port": admin_port, NODE_CAPABILITY: LEADER},
-                       logDefs=log_defs(level, fmt))
+    return _start_admin(admin_port, {NODE_CAPABILITY: LEADER}, level, fmt, node_address, heartbeat_s,
+                        "is an orchestrator already running? `aeyon stop` stops it")
 
 
 def start_member(admin_port: int, leader: tuple[str, int], name: str, guards: str, level: str = "INFO",
                  fmt: str = "text", node_address: str = LOOPBACK, heartbeat_s: int = HEARTBEAT_S) -> ActorSystem:
     """Start a member's admin on ``admin_port`` that joins the convention of the leader's admin at ``leader``,
     saying it is ``name`` and may host ``guards`` (``*``: any)."""
+    capabilities = {"Convention Address.IPv4": leader, NODE_CAPABILITY: name, GUARDS_CAPABILITY: guards}
+    return _start_admin(admin_port, capabilities, level, fmt, node_address, heartbeat_s,
+                        "a member needs an admin port of its own, not the leader's")
+
+
+def _start_admin(admin_port: int, capabilities: dict[str, Any], level: str, fmt: str, node_address: str,
+                 heartbeat_s: int, hint: str) -> ActorSystem:
     if admin_listening(admin_port, node_address):
-        raise GatewayError(f"AEYON_ADMIN_PORT: port {admin_port} is in use (a member needs an admin port of its "
-                           f"own, not the leader's)")
+        raise GatewayError(f"AEYON_ADMIN_PORT: port {admin_port} is in use ({hint})")
     bind_to(node_address)
     set_heartbeat(heartbeat_s)
     tune_transport()
-    capabilities = {"Admin Port": admin_port, "Convention Address.IPv4": leader, NODE_CAPABILITY: name,
-                    GUARDS_CAPABILITY: guards}
-    return ActorSystem(BASE, capabilities=capabilities, logDefs=log_defs(level, fmt))
+    return ActorSystem(BASE, capabilities={"Admin Port": admin_port, **capabilities}, logDefs=log_defs(level, fmt))
 
 
 def join_system(admin_port: int) -> ActorSystem:

@@ -336,9 +336,15 @@ def test_choose_never_returns_a_member_that_cannot_host_the_guard_or_a_lost_one(
             places.join(joined)
             live[name] = joined
             lost.discard(name)
-            # What the root does on a join.
+            # What the root does on a join: guards move to members that may host them (the joiner, or another one
+            # when balancing), and afterwards no member has two guards more than another that may host one of them.
             for service, node in places.moves(registered):
-                assert node == name and joined.may_host(service)
+                assert node in live and live[node].may_host(service)
+            for busy in live.values():
+                for service in places.on_member(busy.name):
+                    assert not any(other.may_host(service)
+                                   and places.load(busy.name) - places.load(other.name) >= 2
+                                   for other in live.values())
         elif step[0] == "lose":
             gone = live.pop(step[1], None)
             assert places.lost(gone.admin if gone is not None else "unknown") == gone
