@@ -180,8 +180,25 @@ def join_system(admin_port: int) -> ActorSystem:
     bind_to_loopback()
     tune_transport()
     # transientUnique: a private handle, so joining does not replace a process-wide ActorSystem the caller has.
-    return ActorSystem(BASE, capabilities={"Admin Port": admin_port}, logDefs=log_defs("WARNING"),
+    asys = ActorSystem(BASE, capabilities={"Admin Port": admin_port}, logDefs=log_defs("WARNING"),
                        transientUnique=True)
+    node = _node_of(asys)
+    if node not in (None, LEADER):
+        leave_system(asys)
+        raise GatewayError(f"admin port {admin_port} is member {node!r} of a multi-node orchestrator, not its "
+                           f"leader: use the leader's admin port")
+    return asys
+
+
+def _node_of(asys: ActorSystem) -> str | None:
+    """The node name the admin advertises (``aeyon.node``): ``leader``, a member's name, or None (unknown)."""
+    from thespian.system.messages.status import Thespian_StatusReq
+
+    with contextlib.suppress(Exception):
+        status = asys.ask(asys._systemBase.adminAddr, Thespian_StatusReq(), 5.0)
+        node = (getattr(status, "capabilities", None) or {}).get(NODE_CAPABILITY)
+        return node if isinstance(node, str) else None
+    return None
 
 
 def root_address(asys: ActorSystem) -> Any:

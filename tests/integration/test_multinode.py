@@ -72,6 +72,12 @@ def test_guards_are_placed_by_capability_and_survive_a_member_killed_mid_traffic
         tree = leader.get("/v1/actors").json()
         assert {m["name"]: m["hosting"] for m in tree["state"]["members"]} == {
             "m1": ["tokenguard"], "m2": ["biasguard", "trustguard"]}
+        # The commands that reach an orchestrator refuse a member's admin port (no root is made there).
+        pids_before = sorted(m1.pids())
+        refused = leader.cli("services", "--admin-port", str(m1.admin_port))
+        assert refused.returncode != 0
+        assert "is member 'm1' of a multi-node orchestrator" in refused.stderr
+        assert sorted(m1.pids()) == pids_before
 
         with Traffic(leader.base_url, SERVICES, threads=2, timeout_s=3) as traffic:
             wait_for(lambda: all(traffic.count(s) >= 20 for s in SERVICES), 20, "traffic through every guard")
