@@ -33,21 +33,10 @@ GOALS = ("shim_throughput", "added_latency_p50", "p99_high_rate", "breaker_open_
 
 
 def test_a_smoke_run_measures_every_figure_of_the_goals_and_leaves_nothing_running(tmp_path: Path) -> None:
-    tag = uuid.uuid4().hex
     summary = tmp_path / "bench.json"
     # TMPDIR: bin/bench's working directory (nginx's configuration, wrk's scripts) lands under tmp_path, so the
     # processes it starts that do not keep their environment (nginx rewrites it) show it in their command line.
-    env = {**os.environ, MARK_VAR: tag, "TMPDIR": str(tmp_path)}
-    try:
-        done = subprocess.run([sys.executable, str(REPO / "bin" / "bench.py"), "--smoke", "--json", str(summary)],
-                              cwd=REPO, env=env, capture_output=True, text=True, timeout=TIMEOUT_S,
-                              stdin=subprocess.DEVNULL)
-    finally:
-        leftovers = _stop_leftovers(tag, tmp_path)
-    if done.returncode == TOOL_MISSING and ("is needed and missing" in done.stderr
-                                            or "could not install" in done.stderr):
-        pytest.skip(f"bin/bench cannot run here: {done.stderr.strip().splitlines()[-1]}")
-    assert not leftovers, f"processes left running by bin/bench --smoke (killed): {leftovers}"
+    done = _run_tool([str(REPO / "bin" / "bench.py"), "--smoke", "--json", str(summary)], tmp_path, TIMEOUT_S)
     assert done.returncode == 0, f"bin/bench --smoke failed ({done.returncode}):\n{done.stdout}\n{done.stderr}"
     assert "command: bin/bench --smoke" in done.stdout and "goals" in done.stdout
     figures = json.loads(summary.read_text())
@@ -144,3 +133,42 @@ def _read(path: str) -> str:
             return f.read().decode(errors="replace")
     except OSError:
         return ""
+
+
+def _run_tool(args: list[str], tmp_path: Path, timeout: float) -> subprocess.CompletedProcess[str]:
+    """Run a bin/ script with the test's mark, and fail on anything it leaves running."""
+    tag = uuid.uuid4().hex
+    env = {**os.environ, MARK_VAR: tag, "TMPDIR": str(tmp_path)}
+    try:
+        done = subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True,
+                              timeout=timeout, stdin=subprocess.DEVNULL)
+    finally:
+        leftovers = _stop_leftovers(tag, tmp_path)
+    if done.returncode == TOOL_MISSING and ("is needed and missing" in done.stderr
+                                            or "could not install" in done.stderr):
+        pytest.skip(f"cannot run here: {done.stderr.strip().splitlines()[-1]}")
+    assert not leftovers, f"processes left running (killed): {leftovers}"
+    return done
+
+
+def test_the_multi_node_mode_places_every_guard_on_a_member_and_measures_each_node_count(tmp_path: Path) -> None:
+    summary = tmp_path / "scale.json"
+    done = _run_tool([str(REPO / "bin" / "bench.py"), "--nodes", "1,2", "--duration", "1", "--warmup", "0",
+                      "--connections", "8", "--json", str(summary)], tmp_path, 180)
+    assert done.returncode == 0, f"bin/bench --nodes failed ({done.returncode}):\n{done.stdout}\n{done.stderr}"
+    runs = json.loads(summary.read_text())["runs"]
+    assert [run["nodes"] for run in runs] == [1, 2]
+    for run in runs:
+        assert run["requests_per_s"] > 0 and run["errors"] == 0 and _positive(run["cpu_ms_leader"]), run
+    assert set(runs[0]["placement"].values()) == {"leader"} and runs[0]["cpu_ms_members"] is None
+    assert set(runs[1]["placement"].values()) == {"m1"} and _positive(runs[1]["cpu_ms_members"])
+    assert len(runs[1]["placement"]) == 6
+
+
+def test_memory_sample_prints_the_memory_of_each_actor_under_load(tmp_path: Path) -> None:
+    done = _run_tool([str(REPO / "bin" / "memory_sample.py"), "--duration", "3", "--settle", "1", "--every", "1",
+                      "--rate", "100"], tmp_path, 120)
+    assert done.returncode == 0, f"bin/memory-sample failed ({done.returncode}):\n{done.stdout}\n{done.stderr}"
+    first, *samples = done.stdout.strip().splitlines()
+    assert first.startswith("memory-sample: 100 req/s through the shim") and " MB over " in first
+    assert samples and all(line.startswith("t=") and " MB; grown (kB): " in line for line in samples)
