@@ -132,6 +132,7 @@ HUNG_TIMEOUT_S = 2  # the hung guard's callers' request timeout: the orchestrato
 HUNG_LEAD_S = 1.0  # that load starts at least this long before the measured run ...
 HUNG_REACH_TIMEOUT_S = 10.0  # ... and not before the hung guard has received a call (within this long)
 HUNG_EXPECTED = (503, 504)  # what its callers may get: upstream_timeout, then circuit_open
+HUNG_OPEN_RATE = 100  # the hung guard's callers in the fixed-rate isolation run, requests/s
 LOAD_STOP_TIMEOUT_S = 10.0  # wrk's exit after SIGINT
 HUNG_GUARD_STOP_TIMEOUT_S = 5.0  # the hung guard's thread
 HUNG_GUARD_MAX_HEAD = 64 * 1024  # a request head longer than this closes the connection
@@ -1547,6 +1548,49 @@ def measure_isolation(wrk: str, settings: Settings, orch: Orchestrator, hung_gua
     return Isolation(baseline, hung, callers, hung_guard.calls_held - held_before)
 
 
+@dataclass
+class OpenIsolation:
+    """Tokenguard through the shim at a fixed rate, without and with the hung guard called at a fixed rate too."""
+
+    baseline: OpenRun
+    hung: OpenRun
+    callers_rate: int
+    callers: openloop.OpenLoopResult  # what the hung guard's callers got
+
+    @property
+    def p99_ratio(self) -> float | None:
+        """p99 with the guard hung over p99 without."""
+        return _ratio(self.hung.result.p99_ms, self.baseline.result.p99_ms)
+
+
+def measure_open_isolation(settings: Settings, orch: Orchestrator, hung_guard: HungGuard) -> OpenIsolation:
+    """Open loop to tokenguard at ``--rate-high``, then the same while a second open loop calls the hung guard at
+    HUNG_OPEN_RATE requests/s (with its ``"timeout": 2``): isolation at a rate the machine can serve, where the
+    wrk runs measure it with both loads saturating the cores."""
+    rate, duration = settings.rate_high, settings.open_duration_s
+    baseline = measure_open_loop("isolation-open-baseline", f"isolation {rate}/s, alone", orch.http_port,
+                                 SHIM_PATH, SHIM_BODY, rate, duration, orch.pids, SHIM_CPU_OF,
+                                 warmup_s=settings.warmup_s)
+    target = openloop.Target("127.0.0.1", orch.http_port, SHIM_PATH, HUNG_BODY)
+    callers: list[openloop.OpenLoopResult] = []
+    longest = HUNG_REACH_TIMEOUT_S + HUNG_LEAD_S + settings.warmup_s + duration + 1
+    thread = threading.Thread(target=lambda: callers.append(openloop.run(target, HUNG_OPEN_RATE, longest)),
+                              daemon=True)
+    held_before, started = hung_guard.calls_held, time.monotonic()
+    print(f"bench: isolation: trustguard (hung) called at {HUNG_OPEN_RATE}/s, open loop ...", file=sys.stderr)
+    thread.start()
+    if not wait_for(lambda: hung_guard.calls_held > held_before and time.monotonic() - started >= HUNG_LEAD_S,
+                    HUNG_REACH_TIMEOUT_S):
+        raise BenchError(f"bench: the hung guard received no call within {HUNG_REACH_TIMEOUT_S:g} s")
+    hung = measure_open_loop("isolation-open-hung", f"isolation {rate}/s, 1 hung", orch.http_port,
+                             SHIM_PATH, SHIM_BODY, rate, duration, orch.pids,
+                             SHIM_CPU_OF + ", serving the hung guard's callers too", warmup_s=settings.warmup_s)
+    thread.join(longest + OPEN_DRAIN_S + HUNG_TIMEOUT_S + 10)
+    if not callers:
+        raise BenchError("bench: the open loop calling the hung guard did not finish")
+    return OpenIsolation(baseline, hung, HUNG_OPEN_RATE, callers[0])
+
+
 def measure_fail_fast(wrk: str, settings: Settings, orch: Orchestrator, workdir: Path) -> FailFast:
     """Trip biasguard's breaker, then one run (no warm-up) through the shim to biasguard while it is open; then trip
     it again (one request, when it is still open) and send ``settings.rate_high`` requests/s to it, open loop."""
@@ -1594,6 +1638,7 @@ class Figures:
     results: list[RunResult] = field(default_factory=list)  # the wrk runs
     open_runs: list[OpenRun] = field(default_factory=list)
     isolation: Isolation | None = None
+    open_isolation: OpenIsolation | None = None
     fail_fast: FailFast | None = None
     gateway: GatewayRun | None = None
     idle: IdleMemory | None = None
@@ -1656,6 +1701,7 @@ def goals(settings: Settings, figures: Figures) -> list[Goal]:
     """The figures of issue 6's table, in its order, from what this run measured."""
     return [_throughput_goal(settings, figures), _added_latency_goal(settings, figures),
             _p99_goal(settings, figures), _breaker_goal(settings, figures), _isolation_goal(figures),
+            _open_isolation_goal(settings, figures),
             _gateway_goal(figures), *_memory_goals(settings, figures)]
 
 
@@ -1696,6 +1742,17 @@ def _isolation_goal(figures: Figures) -> Goal:
     iso = figures.isolation
     note = f"wrk: p99 {_ms(iso.hung.p99_ms)} ms / {_ms(iso.baseline.p99_ms)} ms" if iso else "wrk"
     return Goal("isolation_p99_ratio", "isolation: other guards' p99, one guard hung / none",
+                iso.p99_ratio if iso else None, "x", 1.2, False, note)
+
+
+def _open_isolation_goal(settings: Settings, figures: Figures) -> Goal:
+    iso = figures.open_isolation
+    note = (f"open loop: p99 {_ms(iso.hung.result.p99_ms)} ms / {_ms(iso.baseline.result.p99_ms)} ms; the hung "
+            f"guard's callers at {iso.callers_rate}/s got " + (", ".join(
+                f"{key} {count}" for key, count in sorted(iso.callers.statuses.items())) or "no answer")
+            if iso else "open loop")
+    return Goal("isolation_open_p99_ratio",
+                f"isolation at {settings.rate_high:,} req/s, the hung guard called at {HUNG_OPEN_RATE}/s",
                 iso.p99_ratio if iso else None, "x", 1.2, False, note)
 
 
@@ -1936,6 +1993,11 @@ def measure_all(wrk: str, settings: Settings, guard: Guard, orch: Orchestrator, 
         if isolation:
             figures.isolation = isolation
             figures.results.extend((isolation.baseline, isolation.hung))
+        open_isolation = _attempt(problems, "isolation at a fixed rate",
+                                  lambda: measure_open_isolation(settings, orch, hung_guard))
+        if open_isolation:
+            figures.open_isolation = open_isolation
+            figures.open_runs.extend((open_isolation.baseline, open_isolation.hung))
         fail_fast = _attempt(problems, "fail-fast", lambda: measure_fail_fast(wrk, settings, orch, workdir))
         if fail_fast:
             figures.fail_fast = fail_fast

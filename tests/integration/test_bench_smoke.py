@@ -27,9 +27,10 @@ TOOL_MISSING = 2  # bin/bench's exit status when wrk or nginx is missing and can
 MARK_VAR = "BENCH_SMOKE_TEST_TAG"
 
 WRK_RUNS = ("direct", "shim", "isolation-baseline", "isolation-hung", "fail-fast")
-OPEN_LOOP_RUNS = ("open-direct", "open-shim", "open-shim-high", "breaker-open", "soak-warmup", "soak")
+OPEN_LOOP_RUNS = ("open-direct", "open-shim", "open-shim-high", "breaker-open", "soak-warmup", "soak",
+                  "isolation-open-baseline", "isolation-open-hung")
 GOALS = ("shim_throughput", "added_latency_p50", "p99_high_rate", "breaker_open_p99", "isolation_p99_ratio",
-         "gateway_throughput", "idle_pss", "memory_growth", "start_to_ready")
+         "isolation_open_p99_ratio", "gateway_throughput", "idle_pss", "memory_growth", "start_to_ready")
 
 
 def test_a_smoke_run_measures_every_figure_of_the_goals_and_leaves_nothing_running(tmp_path: Path) -> None:
