@@ -931,6 +931,22 @@ def _listening(port: int) -> bool:
     return False
 
 
+def kill_leftovers(pids: Callable[[], list[int]], what: str) -> list[str]:
+    """Give the processes ``pids()`` names LEFTOVER_GRACE_S to exit after a stop, then SIGKILL those left; a
+    problem naming them, if any."""
+    if wait_for(lambda: not pids(), LEFTOVER_GRACE_S):
+        return []
+    names = []
+    for pid in pids():
+        try:
+            names.append(f"{pid} {Path(f'/proc/{pid}/comm').read_text().strip()}")
+        except OSError:
+            names.append(str(pid))
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+    return [f"processes of {what} left behind after the stop (killed): {', '.join(names)}"] if names else []
+
+
 def stop_orchestrator(orch: Orchestrator) -> list[str]:
     """``aeyon stop``, wait for serve to exit, then kill whatever still carries the tag; the problems seen."""
     problems = []
@@ -951,18 +967,7 @@ def stop_orchestrator(orch: Orchestrator) -> list[str]:
         code = orch.process.wait()
     if code != 0 and not problems:
         problems.append(f"aeyon serve exited with {code}")
-    if not wait_for(lambda: not orch.pids(), LEFTOVER_GRACE_S):
-        leftovers = orch.pids()
-        names = []
-        for pid in leftovers:
-            try:
-                names.append(f"{pid} {Path(f'/proc/{pid}/comm').read_text().strip()}")
-            except OSError:
-                names.append(str(pid))
-            with contextlib.suppress(OSError):
-                os.kill(pid, signal.SIGKILL)
-        if leftovers:
-            problems.append(f"processes left behind after the stop (killed): {', '.join(names)}")
+    problems.extend(kill_leftovers(orch.pids, "aeyon serve"))
     if problems:
         problems.append(f"the tail of the serve log:\n{log_tail(orch.log_path)}")
     return problems

@@ -64,7 +64,6 @@ import http.client
 import http.server
 import io
 import json
-import os
 import random
 import re
 import secrets
@@ -91,10 +90,23 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+sys.path.insert(0, str(ROOT / "bin"))
+
+# The process plumbing shared with the benchmark (free ports, the run's tag, stopping cleanly).
+from bench import (  # noqa: E402 - bin/bench.py, next to this file
+    TAG_VAR,
+    clean_env,
+    die_with_parent,
+    free_port,
+    kill_leftovers,
+    log_tail,
+    signals_deferred,
+    tagged_pids,
+    wait_for,
+)
+
 from system.signing import Signer  # noqa: E402 - after the path is set
 
-TAG_VAR = "AEYON_RUN_TAG"  # every process of one run carries it, so a scan of /proc finds any left behind
-ORCHESTRATOR_PREFIXES = ("AEYON_", "SECURITY_", "GUARDIAN_")
 GUARD_TYPES = ("tokenguard", "trustguard", "contextguard", "biasguard", "healthguard", "securityguard")
 FAIL_OPEN_GUARD = "biasguard"
 MAX_RATE_LIMIT = "10000000"  # SECURITY_MAX_REQUESTS_PER_MINUTE's largest accepted value
@@ -103,7 +115,6 @@ BODY_TIMEOUT_S = 3.0
 IDLE_TIMEOUT_S = 5.0
 START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 30.0
-LEFTOVER_GRACE_S = 5.0
 CASE_DEADLINE_S = 15.0  # an answer (or a close) must come within this, else the case hung
 STALL_DEADLINE_S = 12.0  # a stalled connection must be answered 408 or closed within this
 LIVENESS_EVERY = 250
@@ -260,72 +271,8 @@ def guards_running(names: Sequence[str]) -> Iterator[dict[str, GuardServer]]:
 # ---------------------------------------------------------------------------------------------- the orchestrator
 
 
-def free_port() -> int:
-    """A loopback port that was free a moment ago."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _die_with_parent(libc: ctypes.CDLL) -> None:
-    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG: nothing outlives this process
-
-
-@contextlib.contextmanager
-def signals_deferred() -> Iterator[None]:
-    """Ignore SIGINT/SIGTERM/SIGHUP for a moment: a second Ctrl-C must not cut a clean-up short."""
-    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
 def _raise_interrupted(signum: int, frame: FrameType | None) -> None:
     raise Interrupted(signum)
-
-
-def wait_for(condition: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
-    """Poll ``condition`` until it is true (True) or ``timeout`` seconds have passed (False)."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(interval)
-    return True
-
-
-def _live(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
-
-
-def tagged_pids(tag: str) -> list[int]:
-    """Live processes whose environment carries ``TAG_VAR=tag`` (every process ``aeyon serve`` starts)."""
-    needle = f"{TAG_VAR}={tag}".encode()
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/environ", "rb") as f:
-                if needle in f.read().split(b"\0"):
-                    found.append(int(entry))
-        except OSError:
-            continue
-    return [pid for pid in found if pid != os.getpid() and _live(pid)]
-
-
-def log_tail(path: Path, lines: int = 40) -> str:
-    """The last lines of a log file."""
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
 
 
 def http_get(port: int, path: str, timeout: float = 2.0) -> tuple[int, bytes]:
@@ -364,15 +311,6 @@ class Orchestrator:
             return False
 
 
-def clean_env(overrides: Mapping[str, str]) -> dict[str, str]:
-    """This process's environment without any orchestrator setting, plus ``overrides``."""
-    env = {name: value for name, value in os.environ.items()
-           if not name.startswith(ORCHESTRATOR_PREFIXES) and not name.endswith("GUARD_URL")
-           and name != "DISABLE_HEALTH_CHECKS"}
-    env.update(overrides)
-    return env
-
-
 @contextlib.contextmanager
 def orchestrator_running(settings: Mapping[str, str], workdir: Path, problems: list[str]) -> Iterator[Orchestrator]:
     """Start ``aeyon serve`` with ``settings`` on free ports, wait for ``GET /ready``, and always stop it; what goes
@@ -386,7 +324,7 @@ def orchestrator_running(settings: Mapping[str, str], workdir: Path, problems: l
         # Its own session: a terminal's Ctrl-C reaches only us, and we stop it in order.
         process = subprocess.Popen([sys.executable, "-m", "system.cli", "serve"], env=env, cwd=ROOT,
                                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                   start_new_session=True, preexec_fn=functools.partial(_die_with_parent, libc))
+                                   start_new_session=True, preexec_fn=functools.partial(die_with_parent, libc))
     orch = Orchestrator(process, http_port, admin_port, tag, env, log_path)
     try:
         if not wait_for(orch.ready, START_TIMEOUT_S):
@@ -419,17 +357,7 @@ def stop_orchestrator(orch: Orchestrator) -> list[str]:
         code = orch.process.wait()
     if code != 0 and not problems:
         problems.append(f"aeyon serve exited with {code}")
-    if not wait_for(lambda: not tagged_pids(orch.tag), LEFTOVER_GRACE_S):
-        names = []
-        for pid in tagged_pids(orch.tag):
-            try:
-                names.append(f"{pid} {Path(f'/proc/{pid}/comm').read_text().strip()}")
-            except OSError:
-                names.append(str(pid))
-            with contextlib.suppress(OSError):
-                os.kill(pid, signal.SIGKILL)
-        if names:
-            problems.append(f"processes left behind after the stop (killed): {', '.join(names)}")
+    problems.extend(kill_leftovers(lambda: tagged_pids(orch.tag), "aeyon serve"))
     if problems:
         problems.append(f"the tail of the serve log:\n{log_tail(orch.log_path)}")
     return problems

@@ -115,11 +115,7 @@ def stop_node(node: Node, leader: bool) -> list[str]:
         problems.append(f"{node.log_path.stem} did not exit in time: killed it")
         node.process.kill()
         node.process.wait()
-    if not bench.wait_for(lambda: not node.pids(), bench.LEFTOVER_GRACE_S):
-        for pid in node.pids():
-            with contextlib.suppress(OSError):
-                os.kill(pid, 9)
-        problems.append(f"{node.log_path.stem}: processes left behind (killed)")
+    problems.extend(bench.kill_leftovers(node.pids, node.log_path.stem))
     return problems
 
 
